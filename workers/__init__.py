@@ -1,0 +1,1 @@
+"""The worker side of zimg-queue: RQ job, inference client, image storage, inference server."""

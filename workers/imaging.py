@@ -1,0 +1,42 @@
+"""Checking and converting the image bytes the inference server sends back."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BadImage
+
+PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def decode(image_b64: object, width: int, height: int) -> tuple[bytes, Image.Image]:
+    """Raw bytes and the opened image; :class:`BadImage` unless it is a real image of ``width x height``."""
+    if not isinstance(image_b64, str) or not image_b64:
+        raise BadImage("inference server returned an empty image")
+    try:
+        raw = base64.b64decode(image_b64, validate=True)
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
+        raise BadImage(f"inference server returned data that is not an image: {exc}") from None
+    if image.size != (width, height):
+        raise BadImage(f"inference server returned a {image.size[0]}x{image.size[1]} image, asked {width}x{height}")
+    return raw, image
+
+
+def encode(image: Image.Image, fmt: str, *, quality: int = 92) -> bytes:
+    """Re-encode with Pillow (the upstream server cannot make webp)."""
+    out = io.BytesIO()
+    if fmt == "jpeg" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    options = {"quality": quality} if fmt in ("jpeg", "webp") else {}
+    image.save(out, format=PIL_FORMATS[fmt], **options)
+    return out.getvalue()
+
+
+def format_of(image: Image.Image) -> str | None:
+    return {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}.get(image.format or "")

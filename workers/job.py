@@ -1,0 +1,180 @@
+"""The RQ job: one generate request in, one image file and a result dict out.
+
+``generate`` runs inside an RQ worker. Its settings, HTTP session and image store
+are built once per process (:func:`context`), not per job. Progress goes into
+``job.meta["progress"]`` at each stage, so it shows in the status API and in
+rq-dashboard; each failed attempt is appended to ``job.meta["attempts"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+from rq import get_current_job
+from rq.job import Job
+
+from zimg_queue.request import GenerateRequest
+from zimg_queue.settings import Settings
+
+from .client import GenerateResponse, InferenceClient
+from .errors import GenerateError, InferenceOutOfMemory, JobStopped
+from .imaging import decode, encode, format_of
+from .storage import ImageStore
+
+#: Set by the worker when RQ asks it to stop the job it is running (see ``workers.worker``).
+STOP = threading.Event()
+#: How often a long-running job asks the inference server for its step progress.
+PROGRESS_POLL_S = 0.5
+UPSTREAM_FORMATS = ("png", "jpeg")
+
+
+@dataclass
+class Context:
+    settings: Settings
+    client: InferenceClient
+    store: ImageStore
+    pool: ThreadPoolExecutor
+
+
+@lru_cache(maxsize=1)
+def context() -> Context:
+    """Per-process state, built on the first job and reused by every later one."""
+    s = Settings.from_env()
+    client = InferenceClient(s.inference_url, connect_timeout=s.connect_timeout, read_timeout=s.read_timeout)
+    return Context(s, client, ImageStore(s.images_path), ThreadPoolExecutor(1, thread_name_prefix="inference"))
+
+
+def set_progress(job: Job | None, stage: str, percent: int, **extra: Any) -> None:
+    if job is None:
+        return
+    job.meta["progress"] = {"stage": stage, "percent": percent, **extra}
+    job.save_meta()
+
+
+def generate(request: dict[str, Any]) -> dict[str, Any]:
+    """Make (or find) the image for ``request`` and return where it is."""
+    job = get_current_job()
+    started = time.time()
+    ctx = context()
+    req = GenerateRequest.from_dict(request, max_pixels=ctx.settings.max_pixels)
+    try:
+        return _generate(job, ctx, req, started)
+    except GenerateError as exc:
+        _record_attempt(job, exc)
+        if job is not None and not exc.transient:
+            job.retries_left = 0  # a retry cannot help: fail now
+        raise
+
+
+def _generate(job: Job | None, ctx: Context, req: GenerateRequest, started: float) -> dict[str, Any]:
+    queued_s = (started - job.enqueued_at.timestamp()) if job is not None and job.enqueued_at else 0.0
+    cached = ctx.store.find(req.key, req.output_format)
+    if cached is not None:
+        set_progress(job, "done", 100)
+        data = cached.read_bytes()
+        timings = {"queued_s": round(queued_s, 4), "inference_s": 0.0, "total_s": round(time.time() - started, 4)}
+        return _result(req, str(cached), data, timings, backend=None, cache_hit=True)
+
+    set_progress(job, "waiting_for_inference", 5)
+    effective, downscaled = req, None
+    t0 = time.perf_counter()
+    try:
+        response = _call(job, ctx, effective)
+    except InferenceOutOfMemory:
+        smaller = downscale(req)
+        if not ctx.settings.oom_downscale or smaller is None:
+            raise
+        effective, downscaled = smaller, {"from": [req.width, req.height], "to": [smaller.width, smaller.height]}
+        set_progress(job, "waiting_for_inference", 5, downscaled=True)
+        response = _call(job, ctx, effective)
+    inference_s = time.perf_counter() - t0
+
+    set_progress(job, "saving", 90)
+    raw, image = decode(response.image_b64, effective.width, effective.height)
+    data = raw if format_of(image) == req.output_format else encode(image, req.output_format)
+    path = ctx.store.write(effective.key, req.output_format, data)
+    set_progress(job, "done", 100)
+    timings = {
+        "queued_s": round(queued_s, 4),
+        "inference_s": round(inference_s, 4),
+        "total_s": round(time.time() - started, 4),
+    }
+    result = _result(effective, str(path), data, timings, backend=response.backend, cache_hit=False)
+    if downscaled:
+        result["downscaled"] = downscaled
+    return result
+
+
+def _result(req: GenerateRequest, path: str, data: bytes, timings: dict, *, backend: str | None, cache_hit: bool):
+    return {
+        "path": path,
+        "width": req.width,
+        "height": req.height,
+        "seed": req.seed,
+        "format": req.output_format,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "request_key": req.key,
+        "backend": backend,
+        "cache_hit": cache_hit,
+        "timings": timings,
+        **timings,
+    }
+
+
+def _call(job: Job | None, ctx: Context, req: GenerateRequest) -> GenerateResponse:
+    """POST the request; meanwhile watch for a stop request and copy step progress into the job.
+
+    The HTTP call runs on a helper thread so this thread stays free to notice a
+    cancel; a fast answer (the common case) never pays for a progress poll.
+    """
+    body = req.to_dict()
+    if body["output_format"] not in UPSTREAM_FORMATS:
+        body["output_format"] = "png"  # converted with Pillow after
+    request_id = job.id if job is not None else None
+    future = ctx.pool.submit(ctx.client.generate, body, request_id=request_id)
+    last_step = None
+    while True:
+        if STOP.is_set():
+            future.cancel()
+            raise JobStopped("job was stopped while waiting for the inference server")
+        try:
+            return future.result(timeout=PROGRESS_POLL_S)
+        except FutureTimeout:
+            pass
+        step = ctx.client.progress(request_id) if request_id else None
+        if step and step.get("step") != last_step and step.get("steps"):
+            last_step = step["step"]
+            percent = 10 + int(75 * step["step"] / step["steps"])
+            set_progress(job, "inference", percent, step=step["step"], steps=step["steps"])
+
+
+def downscale(req: GenerateRequest, factor: float = 0.75) -> GenerateRequest | None:
+    """The same request with each side about ``factor`` as long, multiples of 64, aspect ratio kept."""
+    width = max(64, int(req.width * factor) // 64 * 64)
+    height = max(64, round(width * req.height / req.width / 64) * 64)
+    if (width, height) == (req.width, req.height) or width * height >= req.width * req.height:
+        return None
+    return replace(req, width=width, height=height)
+
+
+def _record_attempt(job: Job | None, exc: Exception) -> None:
+    if job is None:
+        return
+    attempts = job.meta.setdefault("attempts", [])
+    attempts.append(
+        {
+            "attempt": len(attempts) + 1,
+            "error": f"{type(exc).__name__}: {exc}",
+            "at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        }
+    )
+    job.save_meta()

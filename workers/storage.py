@@ -1,0 +1,55 @@
+"""``ImageStore``: content-addressed, atomically written image files.
+
+A file's name is the SHA-256 of the canonical request, so a retry or a re-run of
+the same request can never make a second file, and an existing file answers the
+request without any GPU time. Files are written to a temporary name in the same
+folder, fsynced, then renamed: a reader never sees a partial image, even if the
+worker is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ImageStore:
+    """Images under one folder, named ``<sha256>.<ext>``. Keys are hex digests, never user paths."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    def path_for(self, key: str, fmt: str) -> Path:
+        if not _KEY_RE.match(key) or fmt not in EXTENSIONS:
+            raise ValueError("image keys are SHA-256 hex digests and formats png, jpeg or webp")
+        return self.root / f"{key}.{EXTENSIONS[fmt]}"
+
+    def find(self, key: str, fmt: str) -> Path | None:
+        path = self.path_for(key, fmt)
+        return path if path.is_file() else None
+
+    def write(self, key: str, fmt: str, data: bytes) -> Path:
+        """Write atomically: temporary file, fsync, rename. Returns the final path."""
+        path = self.path_for(key, fmt)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}-", suffix=".part", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def owns(self, path: str | Path) -> bool:
+        """True when ``path`` is a file directly inside this store (used before serving a file)."""
+        p = Path(path).resolve()
+        return p.parent == self.root and p.is_file()

@@ -1,0 +1,45 @@
+"""zimg-queue: Z-Image-Turbo behind an RQ job queue.
+
+The common case is one call::
+
+    import zimg_queue
+    job_id = zimg_queue.enqueue("a cat on a windowsill", width=768, height=768)
+    status = zimg_queue.wait(job_id, timeout=60)
+    status["result"]["path"]
+
+Knobs live on :class:`Producer` and :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from .queue import Producer
+from .request import GenerateRequest, ValidationError
+from .settings import Settings
+
+__all__ = ["GenerateRequest", "Producer", "Settings", "ValidationError", "enqueue", "status", "wait", "cancel"]
+
+
+@lru_cache(maxsize=1)
+def default_producer() -> Producer:
+    """A producer for ``$ZIMG_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``)."""
+    settings = Settings.from_env()
+    return Producer(settings=settings.with_(redis_url=settings.redis_url or "redis://127.0.0.1:6379/0"))
+
+
+def enqueue(request: Any, **fields: Any) -> str:
+    return default_producer().enqueue(request, **fields)
+
+
+def status(job_id: str) -> dict[str, Any]:
+    return default_producer().status(job_id)
+
+
+def wait(job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    return default_producer().wait(job_id, timeout)
+
+
+def cancel(job_id: str) -> dict[str, Any]:
+    return default_producer().cancel(job_id)

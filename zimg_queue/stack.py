@@ -1,0 +1,98 @@
+"""``zimg up``: the whole local stack as child processes, stopped together.
+
+Redis (the one on 6379 if it answers, else a private one with AOF), the
+inference server (``sim`` unless ``ZIMG_MODEL`` names a model), the RQ workers
+and the status web service. The same processes are listed in the ``Procfile``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from .redis_server import EmbeddedRedis, resolve_redis_url
+from .settings import Settings
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    workers: int = 2
+    web: bool = True
+    web_port: int = 8000
+    inference_port: int = 7860
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    redis: EmbeddedRedis | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["ZIMG_REDIS_URL"] = self.settings.redis_url or ""
+        env["ZIMG_INFERENCE_URL"] = self.settings.inference_url
+        env["ZIMG_DATA_DIR"] = str(Path(self.settings.data_dir).resolve())
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "zimg_queue.cli", *args], env=self.env())
+        self.processes[name] = proc
+        return proc
+
+    def start(self) -> Stack:
+        url, self.redis = resolve_redis_url(self.settings.redis_url, self.settings.data_dir)
+        self.settings = self.settings.with_(
+            redis_url=url, inference_url=f"http://127.0.0.1:{self.inference_port}"
+        )
+        backend = "zimage" if os.environ.get("ZIMG_MODEL") else "sim"
+        self.spawn("inference", "inference-server", "--backend", backend, "--port", str(self.inference_port))
+        wait_http(f"{self.settings.inference_url}/healthz", self.processes["inference"], timeout=600)
+        self.spawn("worker", "worker", "--processes", str(self.workers))
+        if self.web:
+            self.spawn("web", "web", "--port", str(self.web_port))
+            wait_http(f"http://127.0.0.1:{self.web_port}/healthz", self.processes["web"], timeout=60, ok_codes=(200, 503))
+        return self
+
+    def urls(self) -> dict[str, str]:
+        urls = {"redis": self.settings.redis_url or "", "inference": self.settings.inference_url}
+        if self.web:
+            urls["api"] = f"http://127.0.0.1:{self.web_port}/v1/jobs"
+            urls["dashboard"] = f"http://127.0.0.1:{self.web_port}/rq/"
+        return urls
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.processes.items() if p.poll() is not None]
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.redis:
+            self.redis.stop()
+
+
+def wait_http(url: str, proc: subprocess.Popen, *, timeout: float, ok_codes: tuple[int, ...] = (200,)) -> None:
+    """Wait until ``url`` answers, failing fast if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {proc.returncode}")
+        try:
+            if requests.get(url, timeout=1).status_code in ok_codes:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")

@@ -1,0 +1,104 @@
+"""A job as a plain JSON-able dict, and waiting for or cancelling it.
+
+Statuses are RQ's own names (queued, started, finished, failed, canceled,
+stopped, deferred, scheduled) so this API and rq-dashboard always agree.
+Nothing here scans a registry or a whole queue: the cost of reading a job does
+not grow with the queue (the position lookup is bounded by ``POSITION_LIMIT``).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from rq.command import send_stop_job_command
+from rq.job import Job, JobStatus
+from rq.results import Result
+
+FINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED}
+#: Queue positions beyond this are reported as ``None`` rather than scanned for.
+POSITION_LIMIT = 1000
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _error_line(exc_string: str | None) -> str | None:
+    """The last line of a traceback: ``workers.errors.InferenceUnavailable: ...``."""
+    if not exc_string:
+        return None
+    lines = [line for line in exc_string.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def queue_position(job: Job) -> int | None:
+    """0-based place in its queue, found with one bounded ``LPOS`` (O(POSITION_LIMIT) at worst)."""
+    pos = job.connection.execute_command("LPOS", f"rq:queue:{job.origin}", job.id, "MAXLEN", POSITION_LIMIT)
+    return int(pos) if pos is not None else None
+
+
+def job_status(job: Job, *, refresh: bool = False) -> dict[str, Any]:
+    """Everything a client needs about one job, from two Redis reads."""
+    if refresh:
+        job.refresh()
+    status = job.get_status(refresh=False)
+    status = status.value if hasattr(status, "value") else str(status)
+    meta = job.meta or {}
+    result = None
+    error = None
+    if status == JobStatus.FINISHED.value:
+        result = job.return_value(refresh=True)
+    elif status in (JobStatus.FAILED.value, JobStatus.STOPPED.value):
+        latest = job.latest_result()
+        exc = latest.exc_string if latest and latest.type != Result.Type.SUCCESSFUL else job._exc_info
+        error = _error_line(exc) or ("stopped" if status == JobStatus.STOPPED.value else "failed")
+    progress = dict(meta.get("progress") or {"stage": status, "percent": 0})
+    return {
+        "id": job.id,
+        "status": status,
+        "queue": job.origin,
+        "progress": progress,
+        "position": queue_position(job) if status == JobStatus.QUEUED.value else None,
+        "request": job.args[0] if job.args else None,
+        "result": result,
+        "error": error,
+        "attempts": meta.get("attempts", []),
+        "created_at": _iso(job.created_at),
+        "enqueued_at": _iso(job.enqueued_at),
+        "started_at": _iso(job.started_at),
+        "ended_at": _iso(job.ended_at),
+    }
+
+
+def wait_for(job: Job, timeout: float = 60.0) -> dict[str, Any]:
+    """Block until the job is final or ``timeout`` seconds pass, then return its status.
+
+    Waits on RQ's result stream (``XREAD BLOCK``), so a finished job is seen the
+    moment its worker writes the result, with no polling sleep.
+    """
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        job.refresh()
+        if job.get_status(refresh=False) in FINAL:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        # Block on the result stream in slices, so a cancel (which writes no result) is still noticed.
+        if job.latest_result(timeout=max(1, int(min(remaining, 2.0)))) is not None:
+            time.sleep(0.05)  # an older attempt's result: the stream answers at once, so do not spin
+    return job_status(job)
+
+
+def cancel(job: Job) -> dict[str, Any]:
+    """Cancel a job: a queued (or scheduled, deferred) job never runs; a started one is stopped."""
+    status = job.get_status(refresh=True)
+    if status == JobStatus.STARTED:
+        job.meta["cancel_requested"] = True
+        job.save_meta()
+        send_stop_job_command(job.connection, job.id, serializer=job.serializer)
+    elif status not in FINAL:
+        job.cancel()
+    return job_status(job, refresh=True)
