@@ -32,8 +32,7 @@ class ZimgWorker(SimpleWorker):
         connection = kwargs.get("connection")
         # WorkerPool builds its queues without a serializer: rebuild them so every read is JSON.
         queues = [
-            Queue(q if isinstance(q, str) else q.name, connection=connection, serializer=JSONSerializer)
-            for q in queues
+            Queue(q if isinstance(q, str) else q.name, connection=connection, serializer=JSONSerializer) for q in queues
         ]
         super().__init__(queues, *args, **kwargs)
 

@@ -46,16 +46,16 @@ class Stack:
 
     def start(self) -> Stack:
         url, self.redis = resolve_redis_url(self.settings.redis_url, self.settings.data_dir)
-        self.settings = self.settings.with_(
-            redis_url=url, inference_url=f"http://127.0.0.1:{self.inference_port}"
-        )
+        self.settings = self.settings.with_(redis_url=url, inference_url=f"http://127.0.0.1:{self.inference_port}")
         backend = "zimage" if os.environ.get("ZIMG_MODEL") else "sim"
         self.spawn("inference", "inference-server", "--backend", backend, "--port", str(self.inference_port))
         wait_http(f"{self.settings.inference_url}/healthz", self.processes["inference"], timeout=600)
         self.spawn("worker", "worker", "--processes", str(self.workers))
         if self.web:
             self.spawn("web", "web", "--port", str(self.web_port))
-            wait_http(f"http://127.0.0.1:{self.web_port}/healthz", self.processes["web"], timeout=60, ok_codes=(200, 503))
+            wait_http(
+                f"http://127.0.0.1:{self.web_port}/healthz", self.processes["web"], timeout=60, ok_codes=(200, 503)
+            )
         return self
 
     def urls(self) -> dict[str, str]:

@@ -72,7 +72,9 @@ def create_app(batcher: Batcher, *, max_pixels: int = 2048 * 2048, token: str | 
         try:
             image = item.future.result()
         except OutOfMemory as exc:
-            return jsonify(detail=str(exc) if "out of memory" in str(exc).lower() else f"CUDA out of memory: {exc}"), 500
+            return jsonify(
+                detail=str(exc) if "out of memory" in str(exc).lower() else f"CUDA out of memory: {exc}"
+            ), 500
         except Exception as exc:
             log.exception("generation failed")
             return jsonify(detail=f"generation failed: {type(exc).__name__}: {exc}"), 500

@@ -55,9 +55,7 @@ class Backend(Protocol):
     #: Short name reported in every response (``X-Zimg-Backend`` header and ``/healthz``).
     name: ClassVar[str]
 
-    def generate(
-        self, batch: Sequence[InferenceRequest], progress: ProgressFn | None = None
-    ) -> list[Image.Image]:
+    def generate(self, batch: Sequence[InferenceRequest], progress: ProgressFn | None = None) -> list[Image.Image]:
         """Make one image per request, in order. Raise :class:`OutOfMemory` when the batch does not fit."""
         ...
 

@@ -1,0 +1,189 @@
+"""Shared fixtures: a real redis-server, real inference servers and real RQ worker processes.
+
+The Redis server is private to the test session (a free port, a temp folder),
+started here and stopped at the end; nothing relies on a Redis already running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from zimg_queue.queue import Producer
+from zimg_queue.redis_server import EmbeddedRedis, free_port
+from zimg_queue.settings import Settings
+from zimg_queue.stack import wait_http
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Proc:
+    """A child process of the test: one of our servers or workers."""
+
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    url: str | None = None
+    popen: subprocess.Popen | None = None
+    health_codes: tuple[int, ...] = (200,)
+
+    def start(self, timeout: float = 60) -> Proc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log.open("ab")
+        self.popen = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        if self.url:
+            try:
+                wait_http(f"{self.url}/healthz", self.popen, timeout=timeout, ok_codes=self.health_codes)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\n--- log ---\n{self.log.read_text()[-4000:]}") from None
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, like the OOM killer: no cleanup runs."""
+        if self.alive():
+            self.popen.kill()  # type: ignore[union-attr]
+            self.popen.wait()  # type: ignore[union-attr]
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            try:
+                self.popen.wait(timeout=timeout)  # type: ignore[union-attr]
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Processes:
+    """Starts zimg processes for one test and stops them all afterwards."""
+
+    settings: Settings
+    tmp: Path
+    started: list[Proc] = field(default_factory=list)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
+        env.update(
+            ZIMG_REDIS_URL=self.settings.redis_url or "",
+            ZIMG_INFERENCE_URL=self.settings.inference_url,
+            ZIMG_IMAGE_DIR=str(self.settings.images_path),
+            ZIMG_DATA_DIR=str(self.tmp / "data"),
+            ZIMG_RETRY_INTERVALS=",".join(str(i) for i in self.settings.retry_intervals),
+            ZIMG_MAX_RETRIES=str(self.settings.max_retries),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def zimg(self, name: str, *args: str, url: str | None = None, env: dict | None = None, **kw) -> Proc:
+        proc = Proc(
+            [sys.executable, "-m", "zimg_queue.cli", *args],
+            env=self.env(**(env or {})),
+            log=self.tmp / "logs" / f"{name}-{len(self.started)}.log",
+            url=url,
+            **kw,
+        )
+        self.started.append(proc)
+        return proc.start()
+
+    def inference(self, port: int | None = None, *, backend: str = "sim", extra_args=(), **sim: str) -> Proc:
+        """An inference server; ``sim`` keyword arguments become ``ZIMG_SIM_*`` settings."""
+        port = port or int(self.settings.inference_url.rsplit(":", 1)[1])
+        env = {f"ZIMG_SIM_{k.upper()}": str(v) for k, v in sim.items()}
+        args = ["inference-server", "--backend", backend, "--port", str(port), *extra_args]
+        return self.zimg("inference", *args, url=f"http://127.0.0.1:{port}", env=env)
+
+    def worker(self, processes: int = 1, *, burst: bool = False, **env: str) -> Proc:
+        args = ["worker", "--processes", str(processes)] + (["--burst"] if burst else [])
+        return self.zimg("worker", *args, env={k.upper(): v for k, v in env.items()})
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A private redis-server for the whole session, with AOF like the one ``zimg up`` starts."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_conn(redis_server: EmbeddedRedis) -> redis.Redis:
+    conn = redis.Redis.from_url(redis_server.url)
+    conn.flushall()
+    return conn
+
+
+@pytest.fixture
+def settings(redis_conn: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path) -> Settings:
+    """Settings for one test: the session Redis (flushed), a fresh image folder, a free inference port."""
+    return Settings(
+        redis_url=redis_server.url,
+        inference_url=f"http://127.0.0.1:{free_port()}",
+        data_dir=str(tmp_path / "data"),
+        image_dir=str(tmp_path / "images"),
+        retry_intervals=(0.0, 0.0, 0.0),
+    )
+
+
+@pytest.fixture
+def producer(settings: Settings, redis_conn: redis.Redis) -> Producer:
+    return Producer(redis_conn, settings)
+
+
+@pytest.fixture
+def procs(settings: Settings, tmp_path: Path) -> Iterator[Processes]:
+    processes = Processes(settings, tmp_path)
+    yield processes
+    processes.stop_all()
+
+
+@pytest.fixture
+def stack(procs: Processes) -> Processes:
+    """An inference server (sim, no latency) and one worker, running."""
+    procs.inference(latency_a="0", latency_b="0")
+    procs.worker()
+    return procs
+
+
+def wait_until(predicate, timeout: float = 30, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.RequestException:
+        return False
