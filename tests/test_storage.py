@@ -1,0 +1,49 @@
+"""ImageStore: content-addressed names, atomic writes, and no way in for user paths."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from workers.storage import ImageStore
+
+KEY = hashlib.sha256(b"request").hexdigest()
+
+
+def test_write_is_atomic_and_named_by_key(tmp_path: Path):
+    store = ImageStore(tmp_path)
+    path = store.write(KEY, "jpeg", b"data")
+    assert path == tmp_path.resolve() / f"{KEY}.jpg" and path.read_bytes() == b"data"
+    assert store.find(KEY, "jpeg") == path and store.find(KEY, "png") is None
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    store = ImageStore(tmp_path)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        store.write(KEY, "png", b"half an image")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "a" * 63, KEY.upper(), f"{KEY}/x"])
+def test_keys_that_are_not_digests_never_reach_the_filesystem(tmp_path: Path, key: str):
+    with pytest.raises(ValueError):
+        ImageStore(tmp_path).path_for(key, "png")
+
+
+def test_owns_only_files_directly_inside(tmp_path: Path):
+    store = ImageStore(tmp_path / "images")
+    inside = store.write(KEY, "png", b"x")
+    outside = tmp_path / "secret.txt"
+    outside.write_text("no")
+    assert store.owns(inside)
+    assert not store.owns(outside)
+    assert not store.owns(store.root / ".." / "secret.txt")
