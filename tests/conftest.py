@@ -108,10 +108,18 @@ class Processes:
         self.started.append(proc)
         return proc.start()
 
-    def inference(self, port: int | None = None, *, backend: str = "sim", extra_args=(), **sim: str) -> Proc:
-        """An inference server; ``sim`` keyword arguments become ``ZIMG_SIM_*`` settings."""
+    def inference(
+        self,
+        port: int | None = None,
+        *,
+        backend: str = "sim",
+        extra_args=(),
+        env: dict[str, str] | None = None,
+        **sim: str,
+    ) -> Proc:
+        """An inference server; ``sim`` keyword arguments become ``ZIMG_SIM_*`` settings, ``env`` is added as is."""
         port = port or int(self.settings.inference_url.rsplit(":", 1)[1])
-        env = {f"ZIMG_SIM_{k.upper()}": str(v) for k, v in sim.items()}
+        env = {**{f"ZIMG_SIM_{k.upper()}": str(v) for k, v in sim.items()}, **(env or {})}
         args = ["inference-server", "--backend", backend, "--port", str(port), *extra_args]
         return self.zimg("inference", *args, url=f"http://127.0.0.1:{port}", env=env)
 
@@ -187,3 +195,42 @@ def http_ok(url: str) -> bool:
         return requests.get(url, timeout=1).ok
     except requests.RequestException:
         return False
+
+
+@pytest.fixture
+def web(procs: Processes):
+    """Start ``zimg web`` as a real process on a free port: ``web(ZIMG_API_TOKEN="t")`` -> its :class:`Proc`.
+
+    ``proc.url`` is the base URL. One process with a few threads keeps the test machine light.
+    """
+
+    def start(*args: str, **env: str) -> Proc:
+        port = free_port()
+        cli = ["web", "--port", str(port), "--processes", "1", "--threads", "8", *args]
+        return procs.zimg("web", *cli, url=f"http://127.0.0.1:{port}", env=env, health_codes=(200, 503))
+
+    return start
+
+
+@pytest.fixture
+def web_app(settings: Settings, producer: Producer):
+    """The standalone Flask app on the test's Redis, for route and status-code tests with ``test_client()``.
+
+    ``web_app(ZIMG_API_TOKEN="t")`` builds one with extra config; the rate limit is off unless given.
+    """
+    from zimg_queue.web import create_app
+
+    def build(**config: object):
+        base = {
+            "ZIMG_REDIS_URL": settings.redis_url,
+            "ZIMG_INFERENCE_URL": settings.inference_url,
+            "ZIMG_IMAGE_DIR": str(settings.images_path),
+            "ZIMG_API_TOKEN": "",
+            "ZIMG_RATE_LIMIT": "0",
+            "ZIMG_PROMPT_BLOCKLIST": "",
+        }
+        app = create_app({**base, **config})
+        app.config["TESTING"] = True
+        return app
+
+    return build

@@ -54,6 +54,9 @@ def job_status(job: Job, *, refresh: bool = False) -> dict[str, Any]:
         latest = job.latest_result()
         exc = latest.exc_string if latest and latest.type != Result.Type.SUCCESSFUL else job._exc_info
         error = _error_line(exc) or ("stopped" if status == JobStatus.STOPPED.value else "failed")
+        if "AbandonedJobError" in error:  # RQ's own line says only "Moved to FailedJobRegistry ..."
+            died = [a["error"] for a in meta.get("attempts", []) if str(a.get("error", "")).startswith("WorkerDied")]
+            error = died[-1] if died else "WorkerDied: the worker running this job died and no attempts were left"
     progress = dict(meta.get("progress") or {"stage": status, "percent": 0})
     return {
         "id": job.id,
@@ -79,6 +82,7 @@ def wait_for(job: Job, timeout: float = 60.0) -> dict[str, Any]:
     moment its worker writes the result, with no polling sleep.
     """
     deadline = time.monotonic() + max(0.0, timeout)
+    stale = False
     while True:
         job.refresh()
         if job.get_status(refresh=False) in FINAL:
@@ -86,9 +90,13 @@ def wait_for(job: Job, timeout: float = 60.0) -> dict[str, Any]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
+        if stale:
+            # The stream answered at once yet the job is not final: an older attempt's result. Do not spin.
+            time.sleep(min(0.05, remaining))
         # Block on the result stream in slices, so a cancel (which writes no result) is still noticed.
-        if job.latest_result(timeout=max(1, int(min(remaining, 2.0)))) is not None:
-            time.sleep(0.05)  # an older attempt's result: the stream answers at once, so do not spin
+        # The worker writes the result and the final status in one transaction, so a result that wakes
+        # this read is normally the final one and the next refresh sees it at once (no sleep).
+        stale = job.latest_result(timeout=max(1, int(min(remaining, 2.0)))) is not None
     return job_status(job)
 
 

@@ -121,13 +121,18 @@ class ZImageBackend:
         raise OutOfMemory(message if "out of memory" in message.lower() else f"CUDA out of memory: {message}")
 
     def health(self) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "backend": self.name,
             "model": self.model,
             "device": self.device,
             "dtype": self.dtype,
             "loaded": self._pipe is not None,
         }
+        if self.device.startswith("cuda") and self._torch.cuda.is_available():
+            # Since start-up: weights + the largest batch's activations (what the benchmark reports).
+            info["memory_bytes"] = self._torch.cuda.memory_allocated(self.device)
+            info["peak_memory_bytes"] = self._torch.cuda.max_memory_allocated(self.device)
+        return info
 
     def close(self) -> None:
         """Drop the pipeline and return its GPU memory."""

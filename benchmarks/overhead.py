@@ -1,0 +1,108 @@
+"""Scenario 1: what the queue adds to one image.
+
+N sequential jobs through the whole path (``Producer.enqueue`` -> Redis -> one
+``zimg worker`` -> ``sim`` inference server with zero latency -> image file ->
+``Producer.wait`` sees ``finished``) against N direct ``POST /v1/generate`` calls to
+the same server from the same client process. The two kinds of call alternate,
+so drift on a noisy machine hits both alike. Every job has a distinct seed, so the
+worker's file cache never answers; a second, smaller series repeats an earlier
+request to show the cache-hit path.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from .common import Bench, percentiles, row, session
+
+
+def run(n: int = 500, *, size: int = 256, cache_hits: int = 100, warmup: int = 20) -> dict[str, Any]:
+    with Bench("overhead") as bench:
+        bench.inference(latency_a=0, latency_b=0)
+        bench.worker(1)
+        producer = bench.producer()
+        http = session()
+        url = f"{bench.settings.inference_url}/v1/generate"
+        base_seed = secrets.randbelow(2**31)
+        body = {"prompt": "benchmark: a lighthouse at dusk", "width": size, "height": size}
+
+        def direct(seed: int) -> float:
+            t0 = time.perf_counter()
+            resp = http.post(url, json={**body, "seed": seed})
+            resp.raise_for_status()
+            resp.json()
+            return time.perf_counter() - t0
+
+        def queued(seed: int) -> float:
+            t0 = time.perf_counter()
+            status = producer.wait(producer.enqueue(body, seed=seed), timeout=60)
+            elapsed = time.perf_counter() - t0
+            if status["status"] != "finished":
+                raise RuntimeError(f"benchmark job ended {status['status']}: {status.get('error')}")
+            return elapsed
+
+        for i in range(warmup):
+            direct(base_seed + 10_000_000 + i)
+            queued(base_seed + 10_000_000 + i)
+
+        direct_s, queued_s = [], []
+        for i in range(n):
+            direct_s.append(direct(base_seed + i))
+            queued_s.append(queued(base_seed + i))
+
+        hit_direct, hit_queued = [], []
+        for i in range(min(cache_hits, n)):
+            hit_direct.append(direct(base_seed + i))
+            hit_queued.append(queued(base_seed + i))  # this request's file exists: the worker's cache answers
+
+    d, q = percentiles(direct_s), percentiles(queued_s)
+    extra = {k: round(q[k] - d[k], 3) for k in ("p50", "p95", "p99")}
+    hd, hq = percentiles(hit_direct), percentiles(hit_queued)
+    hit_extra = {k: round(hq[k] - hd[k], 3) for k in ("p50", "p95", "p99")}
+    base = f"direct POST /v1/generate {size}x{size}"
+    targets = {"p50": 3.0, "p95": None, "p99": 15.0}
+    rows = []
+    for k in ("p50", "p95", "p99"):
+        t = targets[k]
+        rows.append(
+            row(
+                f"queue overhead {k} (extra ms/job, {n} jobs)",
+                extra[k],
+                "ms",
+                f"{base} {k} {d[k]:.2f} ms; queued {q[k]:.2f} ms",
+                d[k],
+                ratio_value=round(q[k] / d[k], 2) if d[k] else None,
+                target=f"<= {t:g} ms" if t else None,
+                met=(extra[k] <= t) if t else None,
+            )
+        )
+    rows.append(
+        row(
+            f"queue overhead p50, file-cache hit ({len(hit_queued)} jobs)",
+            hit_extra["p50"],
+            "ms",
+            f"{base} p50 {hd['p50']:.2f} ms; queued {hq['p50']:.2f} ms",
+            hd["p50"],
+            ratio_value=round(hq["p50"] / hd["p50"], 2) if hd["p50"] else None,
+        )
+    )
+    return {
+        "rows": rows,
+        "details": {
+            "jobs": n,
+            "size": f"{size}x{size}",
+            "direct_ms": d,
+            "queued_ms": q,
+            "extra_ms": extra,
+            "cache_hit": {"jobs": len(hit_queued), "direct_ms": hd, "queued_ms": hq, "extra_ms": hit_extra},
+        },
+    }
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else 100), indent=2))
