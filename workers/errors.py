@@ -33,3 +33,9 @@ class JobStopped(GenerateError):
     """The job was cancelled while it ran."""
 
     transient = False
+
+
+class BadOptions(GenerateError):
+    """The job's options cannot be carried out (say, a watermark name the operator has not configured)."""
+
+    transient = False

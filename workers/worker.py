@@ -4,41 +4,119 @@ It runs jobs in its own process (RQ's ``SimpleWorker``): a generate job spends
 its time waiting on HTTP, so forking a work horse per job (about 10 ms here)
 would only add latency. Several processes run side by side through RQ's
 ``WorkerPool`` so the inference server has several requests to batch.
+
+A job holds a short lease while it runs (:mod:`workers.lease`), so a worker
+that is SIGKILLed loses its job to another worker within about ``lease_ttl``
+seconds instead of RQ's default of many minutes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Iterable
 
 from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from zimg_queue.connection import connect
 from zimg_queue.settings import Settings
 
 from .job import STOP
+from .lease import Lease, Reaper, record_worker_death, sweep
 
 log = logging.getLogger(__name__)
 
 
-class ZimgWorker(SimpleWorker):
-    """A ``SimpleWorker`` that always speaks JSON and can stop the job it is running."""
+class OrphanAwareScheduler(RQScheduler):
+    """RQ's scheduler process, which stops (releasing its locks) once the worker that forked it is gone.
 
-    def __init__(self, queues: Iterable[str | Queue], *args, **kwargs):
+    Without this, a SIGKILLed worker leaves its scheduler running as an orphan forever.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.parent_pid = os.getpid()
+
+    def heartbeat(self) -> None:
+        if os.getppid() != self.parent_pid:
+            self.log.warning("scheduler: worker %d is gone, stopping", self.parent_pid)
+            self._stop_requested = True
+        super().heartbeat()
+
+
+class ZimgWorker(SimpleWorker):
+    """A ``SimpleWorker`` that speaks JSON, holds a lease on its job and can stop the job it runs."""
+
+    def __init__(self, queues: Iterable[str | Queue], *args, lease_ttl: int | None = None, **kwargs):
         kwargs["serializer"] = JSONSerializer
+        # Idle workers wake every 30 s, so maintenance (which restarts a dead scheduler) runs at least that often.
+        kwargs.setdefault("maintenance_interval", 30)
+        kwargs.setdefault("worker_ttl", 45)
         connection = kwargs.get("connection")
         # WorkerPool builds its queues without a serializer: rebuild them so every read is JSON.
         queues = [
             Queue(q if isinstance(q, str) else q.name, connection=connection, serializer=JSONSerializer) for q in queues
         ]
         super().__init__(queues, *args, **kwargs)
+        self.lease_ttl = lease_ttl or Settings.from_env().lease_ttl
+        self.push_exc_handler(record_worker_death)  # RQ's own maintenance cleanup records deaths too
+        self.reaper = Reaper(self.connection, self.queue_names(), self.lease_ttl)
 
-    def execute_job(self, job, queue):
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        """Every started-registry write RQ makes uses the short lease, not ``job_timeout + 60``."""
+        return self.lease_ttl
+
+    def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO", *args, **kwargs) -> None:
+        """RQ's ``_start_scheduler``, with :class:`OrphanAwareScheduler` in place of ``RQScheduler``."""
+        self.scheduler = OrphanAwareScheduler(
+            self.queues, connection=self.connection, logging_level=logging_level or "INFO", serializer=self.serializer
+        )
+        self.scheduler.acquire_locks()
+        if self.scheduler.acquired_locks:
+            if burst:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()
+                finally:
+                    self.scheduler.release_locks()
+                    self.scheduler.register_death()
+            else:
+                self.scheduler.start()
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
+        self.reaper.start()  # here, not in __init__: after the scheduler has forked, and only in a working worker
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def clean_registries(self) -> None:
+        sweep(self.connection, self.queue_names())  # first, so a death found at start-up is recorded
+        super().clean_registries()
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
         STOP.clear()
-        return super().execute_job(job, queue)
+        self.prepare_execution(job)
+        self._lease = Lease(self, job, self.lease_ttl).__enter__()
+        try:
+            self.perform_job(job, queue)
+        finally:
+            self._lease.__exit__()
+        self.set_state(WorkerStatus.IDLE)
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        """The job function returned: stop renewing before RQ writes the result and drops the lease."""
+        lease = getattr(self, "_lease", None)
+        if lease is not None:
+            lease.__exit__()
+        super().handle_execution_ended(job, queue, heartbeat_ttl)
+
+    def teardown(self) -> None:
+        self.reaper.stop()
+        super().teardown()
 
     def kill_horse(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """RQ's stop-job command lands here; the job notices ``STOP`` and ends as ``stopped``."""
@@ -50,7 +128,7 @@ def run(settings: Settings, *, processes: int = 1, burst: bool = False, logging_
     assert settings.redis_url, "resolve the Redis URL before starting workers"
     connection = connect(settings.redis_url)
     if processes <= 1:
-        worker = ZimgWorker(settings.queue_names, connection=connection)
+        worker = ZimgWorker(settings.queue_names, connection=connection, lease_ttl=settings.lease_ttl)
         worker.work(burst=burst, with_scheduler=True, logging_level=logging_level)
         return
     pool = WorkerPool(

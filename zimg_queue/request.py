@@ -106,6 +106,16 @@ def _check_text(errors: list, name: str, value: Any, required: bool) -> None:
         errors.append({"field": name, "message": f"must be at most {MAX_PROMPT_CHARS} characters"})
     elif "\x00" in value:
         errors.append({"field": name, "message": "must not contain NUL characters"})
+    elif not value.isascii() and not _encodes(value):  # "\ud800" is valid JSON but not text: no key, no image
+        errors.append({"field": name, "message": "must be valid Unicode text (lone surrogate)"})
+
+
+def _encodes(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
