@@ -21,11 +21,12 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
-from zimg_queue.request import GenerateRequest
+from zimg_queue.options import JobOptions, resolve_watermark
+from zimg_queue.request import GenerateRequest, ValidationError
 from zimg_queue.settings import Settings
 
 from .client import GenerateResponse, InferenceClient
-from .errors import GenerateError, InferenceOutOfMemory, JobStopped
+from .errors import BadOptions, GenerateError, InferenceOutOfMemory, JobStopped
 from .imaging import decode, encode, format_of
 from .storage import ImageStore
 
@@ -59,18 +60,46 @@ def set_progress(job: Job | None, stage: str, percent: int, **extra: Any) -> Non
     job.save_meta()
 
 
-def generate(request: dict[str, Any]) -> dict[str, Any]:
-    """Make (or find) the image for ``request`` and return where it is."""
+def generate(request: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Make (or find) the image for ``request``, post-process and store it as ``options`` say; return where it is.
+
+    ``options`` is a :class:`zimg_queue.options.JobOptions` dict (post-processing, storage,
+    webhook); the preset was already expanded into ``request`` by the producer.
+    """
     job = get_current_job()
     started = time.time()
     ctx = context()
     req = GenerateRequest.from_dict(request, max_pixels=ctx.settings.max_pixels)
     try:
-        return _generate(job, ctx, req, started)
+        opts = JobOptions.from_dict(options)
+        if opts.postprocess is not None and opts.postprocess.watermark is not None:
+            resolve_watermark(opts.postprocess.watermark.name)  # before any GPU time is spent
+        remote = object_store_for(opts.storage)
+        if remote is not None:
+            remote.fetch_into(ctx.store, req.key, req.output_format)  # another host may have made it already
+        result = _generate(job, ctx, req, started)
+        result["files"] = [_original_entry(result)]
+        if opts.postprocess is not None and not opts.postprocess.empty:
+            set_progress(job, "postprocessing", 95)
+            result = _postprocess(ctx, result, opts)
+        if remote is not None:
+            set_progress(job, "uploading", 97)
+            remote.publish(result)
+        set_progress(job, "done", 100)
+        return result
+    except ValidationError as exc:  # e.g. a watermark name the operator has not configured: retrying cannot help
+        exc = BadOptions(str(exc))
+        _record_attempt(job, exc)
+        if job is not None:
+            job.retries_left = 0
+        raise exc from None
     except GenerateError as exc:
         _record_attempt(job, exc)
         if job is not None and not exc.transient:
             job.retries_left = 0  # a retry cannot help: fail now
+        raise
+    except OSError as exc:  # disk full, read-only image folder: worth a retry later, and worth showing
+        _record_attempt(job, exc)
         raise
 
 
@@ -111,6 +140,37 @@ def _generate(job: Job | None, ctx: Context, req: GenerateRequest, started: floa
     if downscaled:
         result["downscaled"] = downscaled
     return result
+
+
+def _original_entry(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("path", "format", "width", "height", "bytes", "sha256")
+    return {"role": "original", "key": result["request_key"], **{k: result[k] for k in keys}}
+
+
+def _postprocess(ctx: Context, result: dict[str, Any], opts: JobOptions) -> dict[str, Any]:
+    """Watermark / convert / thumbnail the original; ``path`` and friends then describe the final image."""
+    from PIL import Image
+
+    from .postprocess import apply
+
+    assert opts.postprocess is not None
+    with Image.open(result["path"]) as original:
+        original.load()
+        files = apply(original, result["request_key"], result["format"], opts.postprocess, ctx.store)
+    final = files[0]
+    keys = ("path", "format", "width", "height", "bytes", "sha256")
+    return {**result, **{k: final[k] for k in keys}, "original_path": result["path"], "files": files + result["files"]}
+
+
+def object_store_for(storage: str | None):
+    """The S3 store when ``storage`` (or ``$ZIMG_STORAGE``) says ``s3``, else ``None`` (local folder only)."""
+    import os
+
+    if (storage or os.environ.get("ZIMG_STORAGE", "local")).lower() != "s3":
+        return None
+    from .object_store import default_store
+
+    return default_store()
 
 
 def _result(req: GenerateRequest, path: str, data: bytes, timings: dict, *, backend: str | None, cache_hit: bool):

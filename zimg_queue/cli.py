@@ -21,6 +21,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _producer(args: argparse.Namespace):
+    """A :class:`Producer` on Redis, or with ``--api URL`` an :class:`ApiClient` with the same calls."""
+    if getattr(args, "api", None):
+        from .web.client import ApiClient
+
+        return ApiClient(args.api)
     from .queue import Producer
     from .redis_server import DEFAULT_URL
 
@@ -81,6 +86,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(job_id)
         return 0
     status = producer.wait(job_id, timeout=args.timeout)
+    if args.output and getattr(args, "api", None) and status["status"] == "finished":
+        print(producer.download(job_id, args.output))  # the path in the result is on the server
+        return 0
     return _print_final(status, args.output)
 
 
@@ -106,6 +114,65 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     print(json.dumps(_producer(args).cancel(args.id), indent=2))
     return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from .web.serve import serve
+
+    serve(args.host, args.port, server=args.server, processes=args.processes, threads=args.threads)
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Items (CSV/JSONL/one prompt per line) x presets as one campaign: progress bar, then a manifest."""
+    from pathlib import Path
+
+    from . import campaign
+
+    producer = _producer(args)
+    if args.presets:
+        producer.presets_path = str(Path(args.presets).resolve())
+    name = args.campaign or campaign.slug(Path(args.file).stem)
+    post: dict[str, Any] = {k: v for k, v in {"format": args.format, "thumbnail": args.thumbnail}.items() if v}
+    if args.watermark:
+        post["watermark"] = {"name": args.watermark}
+    if args.quality:
+        post["quality"] = args.quality
+    options = {k: v for k, v in {"postprocess": post, "webhook_url": args.webhook_url}.items() if v}
+    if args.presets and not args.preset:
+        from .presets import load_presets
+
+        args.preset = sorted(load_presets(producer.presets_path).presets)
+    data = campaign.run(
+        producer,
+        name,
+        args.file,
+        args.preset or (),
+        options=options,
+        manifest_path=args.manifest,
+        timeout=args.timeout,
+        on_progress=None if args.no_wait else campaign.progress_bar(),
+        wait_for_end=not args.no_wait,
+    )
+    run = data["run"]
+    print(
+        f"campaign {name}: {run['jobs']} jobs ({run['enqueued']} enqueued, {run['requeued']} re-queued, "
+        f"{run['skipped']} already there); {data['counts']}",
+        file=sys.stderr,
+    )
+    if args.manifest:
+        print(args.manifest)
+    if args.no_wait:
+        return 0
+    return 0 if data["counts"].get("finished", 0) == data["total"] else 1
+
+
+def cmd_cron(args: argparse.Namespace) -> int:
+    from .redis_server import DEFAULT_URL
+    from .schedules import run_cron
+
+    settings = _settings(args)
+    return run_cron(settings.with_(redis_url=settings.redis_url or DEFAULT_URL), presets=args.presets, idle=args.idle)
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
@@ -185,15 +252,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait and print the image path")
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--output", "-o", help="copy the finished image here")
+    p.add_argument("--api", metavar="URL", help="use a zimg web API instead of Redis (token: $ZIMG_API_TOKEN)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("status", help="print a job's status as JSON")
     p.add_argument("id")
+    p.add_argument("--api", metavar="URL", help="use a zimg web API instead of Redis (token: $ZIMG_API_TOKEN)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="cancel a queued job or stop a started one")
     p.add_argument("id")
+    p.add_argument("--api", metavar="URL", help="use a zimg web API instead of Redis (token: $ZIMG_API_TOKEN)")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("web", help="serve the HTTP API and rq-dashboard (/rq/)")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--server", choices=["gunicorn", "waitress"], help="default: gunicorn if installed")
+    p.add_argument("--processes", type=int, help="gunicorn worker processes (default: one per core)")
+    p.add_argument("--threads", type=int, default=16, help="threads per process (?wait holds one)")
+    p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("up", help="run the whole local stack")
     p.add_argument("--workers", type=int, default=2)
@@ -203,6 +281,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="run one demo job, print its path, stop")
     p.add_argument("--demo-prompt", default="a cat on a windowsill")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("batch", help="a campaign: every item of FILE x every preset, one RQ group, a manifest")
+    p.add_argument("file", help="CSV or JSONL of items (placeholders or request fields), or one prompt per line")
+    p.add_argument("--presets", help="presets TOML file (default $ZIMG_PRESETS); workers need the same file")
+    p.add_argument("--preset", action="append", help="preset to use (repeatable; default: all in --presets)")
+    p.add_argument("--campaign", help="campaign name: re-running it skips finished jobs (default: FILE's name)")
+    p.add_argument("--manifest", help="write the manifest here (.csv or .json)")
+    p.add_argument("--watermark", help="watermark name for every image (configured by the operator)")
+    p.add_argument("--format", choices=["png", "jpeg", "webp"], help="convert every image to this format")
+    p.add_argument("--quality", type=int, help="jpeg/webp quality (1-100)")
+    p.add_argument("--thumbnail", type=int, help="also write a thumbnail this many pixels on its longest side")
+    p.add_argument("--webhook-url", help="POST each job's status here when it ends (signed)")
+    p.add_argument("--timeout", type=float, default=6 * 3600)
+    p.add_argument("--no-wait", action="store_true", help="enqueue and return at once")
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("cron", help="run the campaigns of [schedules] in the presets file on RQ's CronScheduler")
+    p.add_argument("--presets", help="presets TOML file with [schedules.*] (default $ZIMG_PRESETS)")
+    p.add_argument(
+        "--idle", action="store_true", help="with no schedules, stay up idle (Procfile runners stop all on exit)"
+    )
+    p.set_defaults(func=cmd_cron)
 
     p = sub.add_parser("make-tiny-model", help="build a tiny random-weight Z-Image pipeline (offline tests)")
     p.add_argument("directory")
@@ -218,6 +318,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"invalid request: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:
+        from .presets import PresetError
+
+        if not isinstance(exc, PresetError):
+            raise
+        print(f"presets file: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # includes requests' errors from --api (ApiClientError is one)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

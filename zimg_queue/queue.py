@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
-from rq import Queue, Retry
+from rq import Callback, Queue, Retry
 from rq.exceptions import DuplicateJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from .connection import shared
+from .options import JobOptions
 from .request import GenerateRequest, ValidationError
 from .settings import PRIORITIES, Settings
 
@@ -27,6 +29,10 @@ JOB_FUNC = "workers.job.generate"
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 RequestLike = GenerateRequest | Mapping[str, Any] | str
+OptionsLike = JobOptions | Mapping[str, Any]
+#: Run by the worker when a job ends: metrics, and the signed webhook when the job asked for one.
+ON_SUCCESS = "workers.webhooks.job_finished"
+ON_FAILURE = "workers.webhooks.job_failed"
 
 
 def check_job_id(job_id: str, field: str = "job_id") -> str:
@@ -53,6 +59,8 @@ class Producer:
             connection = shared(self.settings.redis_url)
         self.connection = connection
         self.serializer = JSONSerializer
+        #: The presets file for ``options={"preset": ...}``; ``None`` means ``$ZIMG_PRESETS``.
+        self.presets_path: str | None = None
         self._queues = {p: self.queue(p) for p in PRIORITIES}
 
     def queue(self, priority: str = "normal") -> Queue:
@@ -70,11 +78,55 @@ class Producer:
         data.update(fields)
         return GenerateRequest.from_dict(data, max_pixels=self.settings.max_pixels)
 
-    def _job_options(self, request: GenerateRequest, job_id: str | None, meta: Mapping | None) -> dict:
+    def prepare(
+        self, request: RequestLike | None, options: OptionsLike | None = None, **fields: Any
+    ) -> tuple[GenerateRequest, JobOptions]:
+        """Validate options, expand a named preset into the request, then validate the request.
+
+        With ``options={"preset": "main", "placeholders": {...}}`` the request may be ``None``
+        or hold only overrides (``{"seed": 7}``); the preset's post-processing is the default
+        for the job's own.
+        """
+        opts = JobOptions.from_dict(options)
+        if opts.preset:
+            from .presets import load_presets
+
+            preset = load_presets(self.presets_path).get(opts.preset)
+            base = {} if request is None else self._as_dict(request)
+            data = preset.render(opts.placeholders, overrides={**base, **fields})
+            post = preset.postprocess.merged(opts.postprocess) if preset.postprocess else opts.postprocess
+            opts = replace(opts, postprocess=post)
+            req = GenerateRequest.from_dict(data, max_pixels=self.settings.max_pixels)
+        else:
+            if opts.placeholders:
+                raise ValidationError.single("options.placeholders", "need options.preset")
+            if request is None:
+                raise ValidationError.single("prompt", "is required")
+            req = self.validate(request, **fields)
+        if opts.postprocess is not None and opts.postprocess.watermark is not None:
+            from .options import resolve_watermark, watermark_sources
+
+            table, folder = watermark_sources(self.presets_path)
+            if table or folder:  # configured here: fail now, not on the worker
+                resolve_watermark(opts.postprocess.watermark.name, self.presets_path)
+        return req, opts
+
+    @staticmethod
+    def _as_dict(request: RequestLike) -> dict[str, Any]:
+        if isinstance(request, GenerateRequest):
+            return request.to_dict()
+        return {"prompt": request} if isinstance(request, str) else dict(request)
+
+    def _job_options(
+        self, request: GenerateRequest, job_id: str | None, meta: Mapping | None, options: JobOptions | None = None
+    ) -> dict:
         s = self.settings
         retry = Retry(max=s.max_retries, interval=jittered(s.retry_intervals)) if s.max_retries > 0 else None
+        extra = options.to_dict() if options is not None else {}
         return {
-            "args": (request.to_dict(),),
+            "args": (request.to_dict(), extra) if extra else (request.to_dict(),),
+            "on_success": Callback(ON_SUCCESS),
+            "on_failure": Callback(ON_FAILURE),
             "job_id": job_id,
             "timeout": s.job_timeout,
             "result_ttl": s.result_ttl,
@@ -84,13 +136,19 @@ class Producer:
             "meta": {"progress": {"stage": "queued", "percent": 0}, **(meta or {})},
         }
 
+    def _count_enqueued(self, queue: Queue, n: int, pipe: Any = None) -> None:
+        from .metrics import record_enqueued
+
+        record_enqueued(pipe if pipe is not None else self.connection, queue.name, n)
+
     def enqueue(
         self,
-        request: RequestLike,
+        request: RequestLike | None,
         *,
         job_id: str | None = None,
         priority: str = "normal",
         meta: Mapping[str, Any] | None = None,
+        options: OptionsLike | None = None,
         **fields: Any,
     ) -> str:
         """Validate and enqueue one request; return its job id.
@@ -99,15 +157,16 @@ class Producer:
         twice (RQ's unique jobs); the existing id is returned instead.
         Raises :class:`ValidationError` and enqueues nothing when the request is bad.
         """
-        req = self.validate(request, **fields)
+        req, job_opts = self.prepare(request, options, **fields)
         queue = self._queue_for(priority)
         if job_id is not None:
             check_job_id(job_id)
-        opts = self._job_options(req, job_id, meta)
+        opts = self._job_options(req, job_id, meta, job_opts)
         try:
             job = queue.enqueue_call(JOB_FUNC, unique=job_id is not None, **opts)
         except DuplicateJobError:
             return job_id  # type: ignore[return-value]
+        self._count_enqueued(queue, 1)
         return job.id
 
     def enqueue_many(
@@ -117,18 +176,28 @@ class Producer:
         priority: str = "normal",
         job_ids: Iterable[str | None] | None = None,
         group_id: str | None = None,
+        options: OptionsLike | Sequence[OptionsLike | None] | None = None,
     ) -> list[str]:
         """Validate every request first, then enqueue all of them in one Redis round trip.
 
         If any request is invalid nothing is enqueued; the error names the item's index.
         Items whose ``job_ids`` entry already exists are skipped (idempotent re-runs).
+        ``options`` is one :class:`JobOptions` for all, or a list with one per request.
+        ``group_id`` makes the jobs one RQ group (``rq.group.Group``), readable as a whole later.
         """
+        items = list(requests)
+        per_item = list(options) if isinstance(options, (list, tuple)) else [options] * len(items)
+        if len(per_item) != len(items):
+            raise ValueError("options must be one mapping or have one entry per request")
         reqs: list[GenerateRequest] = []
-        for i, item in enumerate(requests):
+        job_opts: list[JobOptions] = []
+        for i, (item, opt) in enumerate(zip(items, per_item)):
             try:
-                reqs.append(self.validate(item))
+                req, jo = self.prepare(item, opt)
             except ValidationError as exc:
                 raise ValidationError([{**e, "field": f"[{i}].{e['field']}"} for e in exc.errors]) from None
+            reqs.append(req)
+            job_opts.append(jo)
         ids = list(job_ids) if job_ids is not None else [None] * len(reqs)
         if len(ids) != len(reqs):
             raise ValueError("job_ids must have one entry per request")
@@ -138,12 +207,19 @@ class Producer:
         existing = self._existing(ids)
         queue = self._queue_for(priority)
         datas = [
-            Queue.prepare_data(JOB_FUNC, **self._job_options(req, job_id, None))
-            for req, job_id in zip(reqs, ids)
+            Queue.prepare_data(JOB_FUNC, **self._job_options(req, job_id, None, jo))
+            for req, job_id, jo in zip(reqs, ids, job_opts)
             if job_id is None or job_id not in existing
         ]
         with self.connection.pipeline() as pipe:
-            jobs = queue.enqueue_many(datas, pipeline=pipe, group_id=group_id) if datas else []
+            if datas and group_id:
+                from rq.group import Group
+
+                jobs = Group(self.connection, check_job_id(group_id, "group_id")).enqueue_many(queue, datas, pipe)
+            else:
+                jobs = queue.enqueue_many(datas, pipeline=pipe) if datas else []
+            if jobs:
+                self._count_enqueued(queue, len(jobs), pipe)
             pipe.execute()
         made = iter(job.id for job in jobs)
         return [job_id if job_id in existing else next(made) for job_id in ids]

@@ -51,6 +51,10 @@ class Stack:
         self.spawn("inference", "inference-server", "--backend", backend, "--port", str(self.inference_port))
         wait_http(f"{self.settings.inference_url}/healthz", self.processes["inference"], timeout=600)
         self.spawn("worker", "worker", "--processes", str(self.workers))
+        from .schedules import has_schedules
+
+        if has_schedules():  # [schedules] in $ZIMG_PRESETS: run them on RQ's CronScheduler
+            self.spawn("cron", "cron")
         if self.web:
             self.spawn("web", "web", "--port", str(self.web_port))
             wait_http(

@@ -19,6 +19,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
+from zimg_queue.metrics import InferenceMetrics
 from zimg_queue.request import GenerateRequest, ValidationError
 from zimg_queue.settings import Settings
 
@@ -36,6 +37,7 @@ def create_app(batcher: Batcher, *, max_pixels: int = 2048 * 2048, token: str | 
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     backend: Backend = batcher.backend
     faults = getattr(backend, "fault", None)
+    metrics = InferenceMetrics()
 
     @app.before_request
     def check_token() -> Any:
@@ -71,11 +73,14 @@ def create_app(batcher: Batcher, *, max_pixels: int = 2048 * 2048, token: str | 
         item = batcher.submit(InferenceRequest(**req.to_dict()), request.headers.get("X-Request-Id"))
         try:
             image = item.future.result()
+            metrics.observe(item.batch_size, time.perf_counter() - arrived)
         except OutOfMemory as exc:
+            metrics.requests.labels("out_of_memory").inc()
             return jsonify(
                 detail=str(exc) if "out of memory" in str(exc).lower() else f"CUDA out of memory: {exc}"
             ), 500
         except Exception as exc:
+            metrics.requests.labels("error").inc()
             log.exception("generation failed")
             return jsonify(detail=f"generation failed: {type(exc).__name__}: {exc}"), 500
         if fault == "slow":
@@ -103,6 +108,12 @@ def create_app(batcher: Batcher, *, max_pixels: int = 2048 * 2048, token: str | 
         if done is None:
             return jsonify(detail="no request in progress with that id"), 404
         return jsonify(step=done[0], steps=done[1])
+
+    @app.get("/metrics")
+    def prometheus() -> Any:
+        """Batch sizes, per-request generation time and outcomes, in Prometheus' text format."""
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
 
     @app.get("/healthz")
     def healthz() -> Any:
