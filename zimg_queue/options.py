@@ -181,6 +181,8 @@ class JobOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """Only the set fields, so job arguments stay small."""
+        if not (self.preset or self.placeholders or self.postprocess or self.webhook_url or self.storage):
+            return {}  # the common case, on the enqueue hot path: skip asdict()
         out = {k: v for k, v in asdict(self).items() if v not in (None, {})}
         if "postprocess" in out:
             out["postprocess"] = {

@@ -13,7 +13,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 MAX_PROMPT_CHARS = 2000
@@ -179,7 +179,8 @@ class GenerateRequest:
         return cls(**{**values, "guidance_scale": 0.0, "output_format": fmt})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # A flat copy: dataclasses.asdict() deep-copies recursively and was a tenth of enqueue_many's time.
+        return {name: getattr(self, name) for name in SCHEMA}
 
     @property
     def key(self) -> str:
