@@ -1,0 +1,87 @@
+"""A real headless Chromium loads the example app's page, submits a prompt and sees the image appear.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install -y chromium chromium-driver``)
+and ``selenium`` from PyPI; skipped, saying so, only when they are missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pytest
+
+from tests.conftest import Proc
+from zimg_queue.redis_server import free_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+if not (shutil.which("chromium") and shutil.which("chromedriver")):
+    pytest.skip(
+        "Debian chromium/chromium-driver not installed: apt-get install -y chromium chromium-driver",
+        allow_module_level=True,
+    )
+
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+
+@pytest.fixture
+def browser():
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        "--window-size=1024,900",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def example_server(stack):
+    port = free_port()
+    proc = Proc(
+        [sys.executable, "examples/flask_app.py", "--port", str(port)],
+        env=stack.env(),
+        log=stack.tmp / "logs" / "example.log",
+        url=f"http://127.0.0.1:{port}/api",
+        health_codes=(200, 503),
+    )
+    stack.started.append(proc)
+    proc.start()
+    return f"http://127.0.0.1:{port}"
+
+
+def test_the_page_shows_the_image_when_the_job_is_done(browser, example_server):
+    browser.get(example_server + "/")
+    browser.find_element(By.ID, "prompt").send_keys("a lighthouse at dusk, oil painting")
+    Select(browser.find_element(By.ID, "size")).select_by_value("256")
+    browser.find_element(By.ID, "go").click()
+    image = WebDriverWait(browser, 60).until(ec.visibility_of_element_located((By.ID, "result")))
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].complete", image))
+    width = browser.execute_script("return arguments[0].naturalWidth", image)
+    assert width == 256, browser.find_element(By.ID, "status").text
+    assert "/api/v1/jobs/" in image.get_attribute("src") and image.get_attribute("src").endswith("/image")
+    assert browser.find_element(By.ID, "status").text == "finished"
+
+
+def test_the_page_lists_field_errors(browser, example_server):
+    browser.get(example_server + "/")
+    browser.execute_script("document.getElementById('prompt').removeAttribute('required')")
+    browser.find_element(By.ID, "prompt").send_keys("   ")
+    browser.find_element(By.ID, "go").click()
+    errors = WebDriverWait(browser, 30).until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#errors li")))
+    assert errors.text.startswith("prompt:")

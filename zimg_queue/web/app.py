@@ -1,0 +1,51 @@
+"""The standalone service behind ``zimg web``: the API at ``/`` and rq-dashboard at ``/rq/``.
+
+Built as an ordinary Flask app so more blueprints (batches, metrics) can be added with
+``app.register_blueprint`` in :func:`create_app`, or by a caller on the returned app.
+An app-wide token check covers every endpoint but ``/healthz``, so a blueprint added
+later is protected without doing anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .auth import guard
+from .body import ApiError
+from .campaigns import bp as campaigns_bp
+from .extension import ZimgQueue, get_state
+
+log = logging.getLogger(__name__)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    code = (exc.name or "error").lower().replace(" ", "_")
+    return ApiError(exc.code or 500, code, exc.description or exc.name).response()
+
+
+def _unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error")
+    return ApiError(500, "internal_error", "unexpected server error; see the server log").response()
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """The standalone app. ``config`` (``ZIMG_*`` keys) overrides the environment."""
+    app = Flask("zimg_queue.web")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config.update(config or {})
+    ZimgQueue(app, url_prefix="", dashboard_prefix=app.config.get("ZIMG_DASHBOARD_PREFIX", "/rq"))
+    app.before_request(guard(lambda: get_state(app).settings.api_token))
+    app.register_blueprint(campaigns_bp)  # GET /v1/campaigns/<name>, GET /metrics
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+    proxies = int(app.config.get("ZIMG_PROXY_COUNT") or os.environ.get("ZIMG_PROXY_COUNT") or 0)
+    if proxies:  # behind N reverse proxies: the rate limit keys on the client's address, not the proxy's
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
+    return app
