@@ -47,3 +47,21 @@ def test_owns_only_files_directly_inside(tmp_path: Path):
     assert store.owns(inside)
     assert not store.owns(outside)
     assert not store.owns(store.root / ".." / "secret.txt")
+
+
+def test_orphaned_temp_files_of_dead_writers_are_removed_live_ones_kept(tmp_path: Path):
+    import subprocess
+
+    from workers import storage
+
+    store = ImageStore(tmp_path)
+    store.write(KEY, "png", b"done")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = tmp_path / f".{KEY[:16]}.{storage._HOST}.{dead.pid}.abc123.part"
+    live = tmp_path / f".{KEY[:16]}.{storage._HOST}.{os.getpid()}.def456.part"
+    other_host = tmp_path / f".{KEY[:16]}.elsewhere.{dead.pid}.ghi789.part"
+    for p in (orphan, live, other_host):
+        p.write_bytes(b"half")
+    assert store.remove_orphans() == [orphan]
+    assert live.exists() and other_host.exists() and store.find(KEY, "png")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class ImageStore:
         """Write atomically: temporary file, fsync, rename. Returns the final path."""
         path = self.path_for(key, fmt)
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}-", suffix=".part", dir=self.root)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.{_HOST}.{os.getpid()}.", suffix=".part", dir=self.root)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -49,7 +50,34 @@ class ImageStore:
             raise
         return path
 
+    def remove_orphans(self) -> list[Path]:
+        """Delete temporary files left by writers on this host that were killed mid-write.
+
+        A temporary name carries its writer's host and pid, so only files whose
+        writer is gone are removed, never one another live worker is writing.
+        """
+        removed = []
+        for tmp in self.root.glob(f".*.{_HOST}.*.part") if self.root.is_dir() else ():
+            pid = tmp.name.split(".")[3] if tmp.name.count(".") >= 5 else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        return removed
+
     def owns(self, path: str | Path) -> bool:
         """True when ``path`` is a file directly inside this store (used before serving a file)."""
         p = Path(path).resolve()
         return p.parent == self.root and p.is_file()
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

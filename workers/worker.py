@@ -29,6 +29,7 @@ from zimg_queue.settings import Settings
 
 from .job import STOP
 from .lease import Lease, Reaper, record_worker_death, sweep
+from .storage import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,10 @@ class ZimgWorker(SimpleWorker):
             Queue(q if isinstance(q, str) else q.name, connection=connection, serializer=JSONSerializer) for q in queues
         ]
         super().__init__(queues, *args, **kwargs)
-        self.lease_ttl = lease_ttl or Settings.from_env().lease_ttl
+        settings = Settings.from_env()
+        self.lease_ttl = lease_ttl or settings.lease_ttl
+        # A worker SIGKILLed mid-write leaves a temporary file: its replacement removes it.
+        ImageStore(settings.images_path).remove_orphans()
         self.push_exc_handler(record_worker_death)  # RQ's own maintenance cleanup records deaths too
         self.reaper = Reaper(self.connection, self.queue_names(), self.lease_ttl)
 
