@@ -63,9 +63,10 @@ def test_guidance_message_says_why():
 
 def test_pixel_budget_is_configurable():
     GenerateRequest.from_dict({"prompt": "a", "width": 2048, "height": 2048})
-    assert "at most 1048576 pixels" in errors_of({"prompt": "a", "width": 2048, "height": 1024}, max_pixels=1024**2)[
-        "width"
-    ]
+    assert (
+        "at most 1048576 pixels"
+        in errors_of({"prompt": "a", "width": 2048, "height": 1024}, max_pixels=1024**2)["width"]
+    )
 
 
 def test_all_problems_are_reported_at_once_and_str_names_them():
