@@ -9,6 +9,7 @@ rq-dashboard; each failed attempt is appended to ``job.meta["attempts"]``.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +51,8 @@ def context() -> Context:
     """Per-process state, built on the first job and reused by every later one."""
     s = Settings.from_env()
     client = InferenceClient(s.inference_url, connect_timeout=s.connect_timeout, read_timeout=s.read_timeout)
-    return Context(s, client, ImageStore(s.images_path), ThreadPoolExecutor(1, thread_name_prefix="inference"))
+    # More than one thread: a stopped job's HTTP call may still be running when the next job starts.
+    return Context(s, client, ImageStore(s.images_path), ThreadPoolExecutor(4, thread_name_prefix="inference"))
 
 
 def set_progress(job: Job | None, stage: str, percent: int, **extra: Any) -> None:
@@ -107,7 +109,6 @@ def _generate(job: Job | None, ctx: Context, req: GenerateRequest, started: floa
     queued_s = (started - job.enqueued_at.timestamp()) if job is not None and job.enqueued_at else 0.0
     cached = ctx.store.find(req.key, req.output_format)
     if cached is not None:
-        set_progress(job, "done", 100)
         data = cached.read_bytes()
         timings = {"queued_s": round(queued_s, 4), "inference_s": 0.0, "total_s": round(time.time() - started, 4)}
         return _result(req, str(cached), data, timings, backend=None, cache_hit=True)
@@ -130,7 +131,6 @@ def _generate(job: Job | None, ctx: Context, req: GenerateRequest, started: floa
     raw, image = decode(response.image_b64, effective.width, effective.height)
     data = raw if format_of(image) == req.output_format else encode(image, req.output_format)
     path = ctx.store.write(effective.key, req.output_format, data)
-    set_progress(job, "done", 100)
     timings = {
         "queued_s": round(queued_s, 4),
         "inference_s": round(inference_s, 4),
@@ -142,9 +142,12 @@ def _generate(job: Job | None, ctx: Context, req: GenerateRequest, started: floa
     return result
 
 
+#: The fields that describe one image file in a result and in its ``files`` list.
+FILE_FIELDS = ("path", "format", "width", "height", "bytes", "sha256")
+
+
 def _original_entry(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("path", "format", "width", "height", "bytes", "sha256")
-    return {"role": "original", "key": result["request_key"], **{k: result[k] for k in keys}}
+    return {"role": "original", "key": result["request_key"], **{k: result[k] for k in FILE_FIELDS}}
 
 
 def _postprocess(ctx: Context, result: dict[str, Any], opts: JobOptions) -> dict[str, Any]:
@@ -158,14 +161,12 @@ def _postprocess(ctx: Context, result: dict[str, Any], opts: JobOptions) -> dict
         original.load()
         files = apply(original, result["request_key"], result["format"], opts.postprocess, ctx.store)
     final = files[0]
-    keys = ("path", "format", "width", "height", "bytes", "sha256")
-    return {**result, **{k: final[k] for k in keys}, "original_path": result["path"], "files": files + result["files"]}
+    described = {k: final[k] for k in FILE_FIELDS}
+    return {**result, **described, "original_path": result["path"], "files": files + result["files"]}
 
 
 def object_store_for(storage: str | None):
     """The S3 store when ``storage`` (or ``$ZIMG_STORAGE``) says ``s3``, else ``None`` (local folder only)."""
-    import os
-
     if (storage or os.environ.get("ZIMG_STORAGE", "local")).lower() != "s3":
         return None
     from .object_store import default_store
