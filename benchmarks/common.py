@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,10 +25,10 @@ from typing import Any
 import redis
 import requests
 
+from zimg_queue.processes import stop_processes, wait_http
 from zimg_queue.queue import Producer
 from zimg_queue.redis_server import EmbeddedRedis, free_port
 from zimg_queue.settings import Settings
-from zimg_queue.stack import wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 NA_WEB = "n/a (zimg web not available)"
@@ -207,13 +206,7 @@ class Bench:
         return self.spawn("web", "web", "--port", str(port), url=url, env=env, health_codes=(200, 503))
 
     def stop(self, child: Child, timeout: float = 15) -> None:
-        if child.alive():
-            child.popen.send_signal(signal.SIGTERM)
-            try:
-                child.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                child.popen.kill()
-                child.popen.wait()
+        stop_processes(child.popen, timeout=timeout)
 
     def close(self) -> None:
         for child in reversed(self.children):

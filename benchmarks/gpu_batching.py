@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.inference.backends.base import Backend, InferenceRequest, OutOfMemory
+from zimg_queue.processes import stop_processes
 
 TINY_SIZES = "64x64,128x128"
 TINY_HTTP_SIZES = "64x64"
@@ -178,8 +179,8 @@ class Server:
         log_dir: Path,
         timeout: float,
     ) -> None:
+        from zimg_queue.processes import wait_http
         from zimg_queue.redis_server import free_port
-        from zimg_queue.stack import wait_http
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -206,13 +207,7 @@ class Server:
         return requests.get(f"{self.url}/healthz", timeout=10, headers=_auth()).json()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_processes(self.proc, timeout=30)
 
 
 def _auth() -> dict[str, str]:

@@ -22,10 +22,10 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
 from zimg_queue import campaign  # noqa: E402
+from zimg_queue.processes import stop_processes, wait_http  # noqa: E402
 from zimg_queue.queue import Producer  # noqa: E402
 from zimg_queue.redis_server import EmbeddedRedis, free_port  # noqa: E402
 from zimg_queue.settings import Settings  # noqa: E402
-from zimg_queue.stack import wait_http  # noqa: E402
 
 PRESETS = HERE / "presets.toml"
 PRODUCTS = HERE / "products.csv"
@@ -67,13 +67,7 @@ def main(out: Path) -> int:
         print(f"manifest: {out / 'manifest.csv'}")
         return 0 if data["counts"] == {"finished": 9} else 1
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(*reversed(procs))
         redis.stop()
 
 

@@ -7,7 +7,6 @@ started here and stopped at the end; nothing relies on a Redis already running.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,10 +18,10 @@ import pytest
 import redis
 import requests
 
+from zimg_queue.processes import stop_processes, wait_http
 from zimg_queue.queue import Producer
 from zimg_queue.redis_server import EmbeddedRedis, free_port
 from zimg_queue.settings import Settings
-from zimg_queue.stack import wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,12 +63,7 @@ class Proc:
             self.popen.wait()  # type: ignore[union-attr]
 
     def stop(self, timeout: float = 10) -> None:
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            try:
-                self.popen.wait(timeout=timeout)  # type: ignore[union-attr]
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_processes(self.popen, timeout=timeout)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -130,6 +124,28 @@ class Processes:
     def stop_all(self) -> None:
         for proc in reversed(self.started):
             proc.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Z-Image pipeline (``zimg make-tiny-model``), built once per session."""
+    pytest.importorskip("diffusers")
+    from workers.inference.tiny_model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-zimage"))
+
+
+@pytest.fixture(scope="session")
+def zimage_backend(tiny_model: Path) -> Iterator:
+    """The ``zimage`` backend on the tiny model in this process, offline: any hub request would raise."""
+    from workers.inference.backends.zimage import ZImageBackend
+
+    with pytest.MonkeyPatch.context() as mp:
+        # HF_HUB_OFFLINE=1, as huggingface_hub read it at import time.
+        mp.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+        backend = ZImageBackend(str(tiny_model))
+    yield backend
+    backend.close()
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ import requests
 
 from workers.object_store import ObjectStore
 from workers.storage import ImageStore
+from zimg_queue.processes import wait_http
 from zimg_queue.queue import Producer
 from zimg_queue.redis_server import free_port
-from zimg_queue.stack import wait_http
 
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 

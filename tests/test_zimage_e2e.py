@@ -25,7 +25,6 @@ from PIL import Image
 from workers.inference.backends.base import InferenceRequest
 from workers.inference.backends.zimage import ZImageBackend
 from workers.inference.batcher import Batcher
-from workers.inference.tiny_model import make_tiny_model
 from zimg_queue.queue import Producer
 from zimg_queue.redis_server import EmbeddedRedis, free_port
 from zimg_queue.settings import Settings
@@ -36,11 +35,6 @@ np = pytest.importorskip("numpy")
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 MAX_WAIT_MS = 200  # generous, so concurrent requests reliably meet in one batch on a busy 2-core machine
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-zimage"))
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +49,6 @@ def zimage_server(
     server = processes.inference(backend="zimage", extra_args=extra, env=OFFLINE)
     yield server
     processes.stop_all()
-
-
-@pytest.fixture(scope="module")
-def local_backend(tiny_model: Path) -> Iterator[ZImageBackend]:
-    """The same tiny model in this process, for reference images and for injecting an OOM."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-        backend = ZImageBackend(str(tiny_model))
-    yield backend
-    backend.close()
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -95,7 +79,7 @@ def test_server_reports_the_loaded_model(zimage_server: Proc, tiny_model: Path) 
 
 
 def test_full_path_producer_worker_zimage_server_file(
-    zimage_server: Proc, procs: Processes, producer: Producer, local_backend: ZImageBackend
+    zimage_server: Proc, procs: Processes, producer: Producer, zimage_backend: ZImageBackend
 ) -> None:
     """producer -> Redis -> 2 RQ workers -> zimage server -> PNG files of the asked sizes, batched across workers."""
     procs.worker(processes=2, zimg_inference_url=zimage_server.url)
@@ -114,7 +98,7 @@ def test_full_path_producer_worker_zimage_server_file(
             got = pixels(image)
         assert got.std() > 0  # a real picture, not a blank one
         # The file is what the model gives for that seed alone, whatever batch it ran in.
-        [alone] = local_backend.generate(
+        [alone] = zimage_backend.generate(
             [InferenceRequest(prompt="a lighthouse at dusk", width=width, height=height, seed=seed)]
         )
         assert np.abs(got - pixels(alone)).max() <= 1
@@ -196,10 +180,10 @@ def test_job_meta_shows_inference_step_k_of_n(zimage_server: Proc, procs: Proces
 
 
 def test_oom_inside_a_batch_splits_and_answers_every_request(
-    local_backend: ZImageBackend, monkeypatch: pytest.MonkeyPatch
+    zimage_backend: ZImageBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real backend under the real batcher: a CUDA OOM for batches above 2 halves 8 into 2s; all answered."""
-    pipeline_class = type(local_backend._pipe)
+    pipeline_class = type(zimage_backend._pipe)
     real_call = pipeline_class.__call__
     sizes: list[int] = []
 
@@ -210,9 +194,9 @@ def test_oom_inside_a_batch_splits_and_answers_every_request(
         return real_call(self, *args, **kwargs)
 
     requests_ = [InferenceRequest(prompt=f"image {i}", width=64, height=64, seed=i) for i in range(8)]
-    expected = [local_backend.generate([r])[0] for r in requests_]
+    expected = [zimage_backend.generate([r])[0] for r in requests_]
     monkeypatch.setattr(pipeline_class, "__call__", call)
-    batcher = Batcher(local_backend, max_batch=8, max_wait_s=5.0)
+    batcher = Batcher(zimage_backend, max_batch=8, max_wait_s=5.0)
     try:
         items = [batcher.submit(r, f"r{i}") for i, r in enumerate(requests_)]
         images = [item.future.result(timeout=60) for item in items]

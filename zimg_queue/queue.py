@@ -158,6 +158,18 @@ class Producer:
         Raises :class:`ValidationError` and enqueues nothing when the request is bad.
         """
         req, job_opts = self.prepare(request, options, **fields)
+        return self.enqueue_prepared(req, job_opts, job_id=job_id, priority=priority, meta=meta)
+
+    def enqueue_prepared(
+        self,
+        req: GenerateRequest,
+        job_opts: JobOptions,
+        *,
+        job_id: str | None = None,
+        priority: str = "normal",
+        meta: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Enqueue what :meth:`prepare` returned, without validating it again (the web API's path)."""
         queue = self._queue_for(priority)
         if job_id is not None:
             check_job_id(job_id)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .connection import answers
+from .processes import stop_processes
 
 
 def find_redis_server() -> str:
@@ -78,13 +79,7 @@ class EmbeddedRedis:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_processes(self.process, timeout=10)
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

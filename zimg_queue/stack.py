@@ -8,15 +8,12 @@ and the status web service. The same processes are listed in the ``Procfile``.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
-
+from .processes import stop_processes, wait_http
 from .redis_server import EmbeddedRedis, resolve_redis_url
 from .settings import Settings
 
@@ -73,30 +70,6 @@ class Stack:
         return [name for name, p in self.processes.items() if p.poll() is not None]
 
     def stop(self) -> None:
-        for proc in self.processes.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(*self.processes.values())
         if self.redis:
             self.redis.stop()
-
-
-def wait_http(url: str, proc: subprocess.Popen, *, timeout: float, ok_codes: tuple[int, ...] = (200,)) -> None:
-    """Wait until ``url`` answers, failing fast if ``proc`` exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with code {proc.returncode}")
-        try:
-            if requests.get(url, timeout=1).status_code in ok_codes:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")

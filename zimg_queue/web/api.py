@@ -95,9 +95,9 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         except ValidationError as exc:
             errors.extend(exc.errors)
     options = data.pop("options", None)
-    req = None
+    req = job_opts = None
     try:  # the producer's own validation (presets and options included), run before anything is enqueued
-        req, _ = state.producer.prepare(data, options)
+        req, job_opts = state.producer.prepare(data, options)
     except ValidationError as exc:
         errors.extend(exc.errors)
     if req is not None:
@@ -105,9 +105,9 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
             state.limits.check_prompt(req.prompt)
         except ValidationError as exc:
             errors.extend(exc.errors)
-    if errors or req is None:
+    if errors or req is None or job_opts is None:
         raise ApiError.invalid(ValidationError(errors))
-    job_id = state.producer.enqueue(data, options=options, job_id=key, priority=priority)
+    job_id = state.producer.enqueue_prepared(req, job_opts, job_id=key, priority=priority)
     status = "queued"
     if key is not None:  # maybe an earlier job with this key: answer with its real status
         raw = state.producer.connection.hget(Job.key_for(job_id), "status")

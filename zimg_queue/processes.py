@@ -1,0 +1,40 @@
+"""Child processes: wait for one to answer, stop several together.
+
+Shared by ``zimg up``, the private Redis, the test fixtures, the benchmarks and the examples.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import requests
+
+
+def stop_processes(*procs: subprocess.Popen | None, timeout: float = 15) -> None:
+    """SIGTERM every live process, wait up to ``timeout`` seconds in all, then SIGKILL what is left."""
+    live = [p for p in procs if p is not None and p.poll() is None]
+    for proc in live:
+        proc.terminate()
+    deadline = time.monotonic() + timeout
+    for proc in live:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_http(url: str, proc: subprocess.Popen, *, timeout: float, ok_codes: tuple[int, ...] = (200,)) -> None:
+    """Wait until ``url`` answers, failing fast if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {proc.returncode}")
+        try:
+            if requests.get(url, timeout=1).status_code in ok_codes:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
