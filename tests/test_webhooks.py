@@ -100,3 +100,19 @@ def test_failed_job_posts_once_after_its_last_attempt(procs, producer: Producer,
 def test_webhook_url_must_be_http(producer: Producer):
     with pytest.raises(ValidationError, match="options.webhook_url"):
         producer.enqueue("x", options={"webhook_url": "gopher://example.com"})
+
+
+def test_a_job_whose_worker_died_with_no_attempts_left_still_notifies(procs, redis_conn, settings, receiver):
+    """RQ's abandoned-job cleanup runs the failure callback, so the lease sweeper's verdict is delivered too."""
+    hook = receiver()
+    producer = Producer(redis_conn, settings.with_(max_retries=0))
+    procs.inference(latency_a="30", latency_b="0")  # the job will still be waiting when its worker dies
+    victim = procs.worker(zimg_lease_ttl="3")
+    job_id = producer.enqueue("doomed", width=64, height=64, options={"webhook_url": hook.url})
+    wait_until(lambda: producer.status(job_id)["status"] == "started", timeout=30)
+    victim.kill()
+    procs.worker(zimg_lease_ttl="3")
+    wait_until(lambda: hook.calls, timeout=60)
+    payload = json.loads(hook.calls[0]["body"])
+    assert payload["id"] == job_id and payload["status"] == "failed"
+    assert payload["error"].startswith("WorkerDied:")
