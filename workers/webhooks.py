@@ -117,7 +117,7 @@ def deliver(job_id: str, url: str, event: str, msg_id: str) -> dict[str, Any]:
     me = get_current_job()
     connection = me.connection if me is not None else redis.Redis.from_url(Settings.from_env().redis_url or "")
     job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
-    payload = wait_for(job, timeout=10)  # the callback runs just before RQ marks the job final
+    payload = wait_for(job, timeout=10, fresh=True)  # the callback runs just before RQ marks the job final
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     headers = signed_headers(msg_id, body, os.environ.get("ZIMG_WEBHOOK_SECRET"))
     attempt = (me.meta.get("attempt", 0) + 1) if me is not None else 1

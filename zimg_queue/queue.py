@@ -174,10 +174,17 @@ class Producer:
         if job_id is not None:
             check_job_id(job_id)
         opts = self._job_options(req, job_id, meta, job_opts)
-        try:
-            job = queue.enqueue_call(JOB_FUNC, unique=job_id is not None, **opts)
+        if job_id is None:
+            # One MULTI/EXEC for the job and its metrics counter: the common case pays one round trip.
+            with self.connection.pipeline() as pipe:
+                job = queue.enqueue_call(JOB_FUNC, pipeline=pipe, **opts)
+                self._count_enqueued(queue, 1, pipe)
+                pipe.execute()
+            return job.id
+        try:  # unique jobs check and save atomically in a script of their own
+            job = queue.enqueue_call(JOB_FUNC, unique=True, **opts)
         except DuplicateJobError:
-            return job_id  # type: ignore[return-value]
+            return job_id
         self._count_enqueued(queue, 1)
         return job.id
 
@@ -264,7 +271,7 @@ class Producer:
     def wait(self, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
         from .status import wait_for
 
-        return wait_for(self.fetch(job_id), timeout)
+        return wait_for(self.fetch(job_id), timeout, fresh=True)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         from .status import cancel

@@ -75,16 +75,19 @@ def job_status(job: Job, *, refresh: bool = False) -> dict[str, Any]:
     }
 
 
-def wait_for(job: Job, timeout: float = 60.0) -> dict[str, Any]:
+def wait_for(job: Job, timeout: float = 60.0, *, fresh: bool = False) -> dict[str, Any]:
     """Block until the job is final or ``timeout`` seconds pass, then return its status.
 
     Waits on RQ's result stream (``XREAD BLOCK``), so a finished job is seen the
-    moment its worker writes the result, with no polling sleep.
+    moment its worker writes the result, with no polling sleep. ``fresh`` says
+    ``job`` was just fetched, saving one read.
     """
     deadline = time.monotonic() + max(0.0, timeout)
     stale = False
     while True:
-        job.refresh()
+        if not fresh:
+            job.refresh()
+        fresh = False
         if job.get_status(refresh=False) in FINAL:
             break
         remaining = deadline - time.monotonic()
