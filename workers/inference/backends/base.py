@@ -9,10 +9,12 @@ batch; a backend never sees mixed sizes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from PIL import Image
+
+from zimg_queue.request import GenerateRequest
 
 #: Called by a backend after each denoising step: ``progress(step_done, total_steps)``.
 ProgressFn = Callable[[int, int], None]
@@ -28,25 +30,13 @@ class OutOfMemory(RuntimeError):
 
 
 @dataclass(frozen=True)
-class InferenceRequest:
-    """One image to make: the upstream ``POST /v1/generate`` fields, already validated."""
-
-    prompt: str
-    negative_prompt: str = ""
-    width: int = 1024
-    height: int = 1024
-    num_inference_steps: int = 8
-    guidance_scale: float = 0.0
-    seed: int = 0
-    output_format: str = "png"
+class InferenceRequest(GenerateRequest):
+    """One image to make, as a backend sees it: the validated request (the upstream ``POST /v1/generate`` fields)."""
 
     @property
     def batch_key(self) -> tuple[int, int, int]:
         """Requests may share a pipeline call only when this key is equal."""
         return (self.width, self.height, self.num_inference_steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Backend(Protocol):
