@@ -110,3 +110,19 @@ def test_empty_image_fails_without_retry_or_file(procs, producer: Producer):
     assert "empty image" in status["error"]
     assert len(status["attempts"]) == 1  # BadImage is permanent: not retried
     assert not list(Path(procs.settings.images_path).glob("*"))
+
+
+def test_the_one_call_api_reads_its_settings_from_the_environment(stack, monkeypatch):
+    import zimg_queue
+
+    for key, value in stack.env().items():
+        if key.startswith("ZIMG_"):
+            monkeypatch.setenv(key, value)
+    zimg_queue.default_producer.cache_clear()
+    try:
+        job_id = zimg_queue.enqueue("a cat on a windowsill", width=64, height=64)
+        status = zimg_queue.wait(job_id, timeout=30)
+        assert status["status"] == "finished" and Path(status["result"]["path"]).is_file()
+        assert zimg_queue.get_status(job_id)["result"] == status["result"]
+    finally:
+        zimg_queue.default_producer.cache_clear()

@@ -19,7 +19,7 @@ from .queue import Producer
 from .request import GenerateRequest, ValidationError
 from .settings import Settings
 
-__all__ = ["GenerateRequest", "Producer", "Settings", "ValidationError", "enqueue", "status", "wait", "cancel"]
+__all__ = ["GenerateRequest", "Producer", "Settings", "ValidationError", "enqueue", "get_status", "wait", "cancel"]
 
 
 @lru_cache(maxsize=1)
@@ -33,7 +33,8 @@ def enqueue(request: Any, **fields: Any) -> str:
     return default_producer().enqueue(request, **fields)
 
 
-def status(job_id: str) -> dict[str, Any]:
+def get_status(job_id: str) -> dict[str, Any]:
+    """A job's status dict. (Not ``status``: that name is the ``zimg_queue.status`` module.)"""
     return default_producer().status(job_id)
 
 
