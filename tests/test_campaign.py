@@ -129,6 +129,10 @@ def test_zimg_batch_command_with_presets_and_without(procs, presets, items, tmp_
     manifest = json.loads((tmp_path / "m.json").read_text())
     assert manifest["counts"] == {"finished": 4} and manifest["total"] == 4
     assert "4/4" in out.stderr  # the progress bar
+    summary = out.stdout.splitlines()
+    assert summary[0].split()[:3] == ["item", "preset", "status"]  # then one line per job, with its image path
+    paths = [Path(line.split()[-1]) for line in summary[1:] if " finished " in line]
+    assert len(paths) == 4 and all(p.is_file() for p in paths)
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a lighthouse at dusk\na bowl of ramen\n")

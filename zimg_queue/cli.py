@@ -161,11 +161,24 @@ def cmd_batch(args: argparse.Namespace) -> int:
         f"{run['skipped']} already there); {data['counts']}",
         file=sys.stderr,
     )
-    if args.manifest:
-        print(args.manifest)
     if args.no_wait:
         return 0
+    _print_summary(data["rows"])
+    if args.manifest:
+        print(f"manifest: {args.manifest}")
     return 0 if data["counts"].get("finished", 0) == data["total"] else 1
+
+
+def _print_summary(rows: list[dict[str, Any]]) -> None:
+    """One line per job: item, preset, status, then the image path or the failure's reason."""
+    table = [("item", "preset", "status", "path or error")]
+    table += [
+        (str(r["item"]), str(r.get("preset") or "-"), str(r["status"]), str(r.get("path") or r.get("error") or ""))
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
 
 
 def cmd_cron(args: argparse.Namespace) -> int:
