@@ -346,3 +346,20 @@ def test_behind_a_proxy_the_rate_limit_keys_on_the_forwarded_client(web_app):
         return client.post("/v1/jobs", json=GOOD, headers={"X-Forwarded-For": addr}).status_code
 
     assert [post("203.0.113.1"), post("203.0.113.2"), post("203.0.113.1")] == [202, 202, 429]
+
+
+def test_zimg_batch_over_the_api(stack, web, tmp_path: Path):
+    """``zimg batch FILE --api URL``: the same campaign ids, one POST each, with Redis out of the client's reach."""
+    server = web(ZIMG_API_TOKEN="cli-token")
+    env = {**stack.env(ZIMG_API_TOKEN="cli-token"), "ZIMG_REDIS_URL": "redis://127.0.0.1:1/0"}
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a lighthouse at dusk\na bowl of ramen\n")
+    cmd = [sys.executable, "-m", "zimg_queue.cli", "batch", str(prompts), "--format", "webp", "--api", server.url]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "2/2" in done.stderr  # the progress bar
+    lines = [line for line in done.stdout.splitlines()[1:] if " finished " in line]
+    paths = [Path(line.split()[-1]) for line in lines]
+    assert len(paths) == 2 and all(p.suffix == ".webp" and p.is_file() for p in paths)
+    again = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout == done.stdout  # same ids: nothing made twice

@@ -126,7 +126,8 @@ class Entry:
 class Campaign:
     """A plan of jobs; :meth:`start` enqueues what is missing and returns the counts."""
 
-    producer: Producer
+    #: ``None`` plans without Redis (``zimg batch --api``); presets then come from ``$ZIMG_PRESETS``.
+    producer: Producer | None
     name: str
     items: Sequence[Mapping[str, Any]]
     presets: Sequence[str] = ()
@@ -153,7 +154,7 @@ class Campaign:
                     options.append(dict(self.options))
                 else:
                     # One row feeds several presets: give each only the placeholders it takes.
-                    spec = load_presets(self.producer.presets_path).get(preset)
+                    spec = load_presets(self.producer.presets_path if self.producer else None).get(preset)
                     values = {k: v for k, v in row.items() if k in spec.placeholders}
                     requests.append({} if "seed" in spec.fields else {"seed": _seed(key, preset)})
                     options.append({**self.options, "preset": preset, "placeholders": values})
@@ -161,6 +162,7 @@ class Campaign:
 
     def start(self) -> dict[str, Any]:
         """Enqueue every missing job in one round trip; re-queue failed ones. Returns what it did."""
+        assert self.producer is not None, "start() enqueues through Redis: give the campaign a producer"
         entries, requests, options = self.plan()
         conn = self.producer.connection
         ids = [e.job_id for e in entries]

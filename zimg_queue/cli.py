@@ -130,16 +130,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from . import campaign
 
+    if args.api:
+        return _batch_over_api(args)
     producer = _producer(args)
     if args.presets:
         producer.presets_path = str(Path(args.presets).resolve())
     name = args.campaign or campaign.slug(Path(args.file).stem)
-    post: dict[str, Any] = {k: v for k, v in {"format": args.format, "thumbnail": args.thumbnail}.items() if v}
-    if args.watermark:
-        post["watermark"] = {"name": args.watermark}
-    if args.quality:
-        post["quality"] = args.quality
-    options = {k: v for k, v in {"postprocess": post, "webhook_url": args.webhook_url}.items() if v}
+    options = _batch_options(args)
     if args.presets and not args.preset:
         from .presets import load_presets
 
@@ -167,6 +164,50 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.manifest:
         print(f"manifest: {args.manifest}")
     return 0 if data["counts"].get("finished", 0) == data["total"] else 1
+
+
+def _batch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The job options ``zimg batch``'s flags ask for (post-processing, webhook)."""
+    post: dict[str, Any] = {k: v for k, v in {"format": args.format, "thumbnail": args.thumbnail}.items() if v}
+    if args.watermark:
+        post["watermark"] = {"name": args.watermark}
+    if args.quality:
+        post["quality"] = args.quality
+    return {k: v for k, v in {"postprocess": post, "webhook_url": args.webhook_url}.items() if v}
+
+
+def _batch_over_api(args: argparse.Namespace) -> int:
+    """``zimg batch --api URL``: the same plan and job ids, sent one ``POST /v1/jobs`` each (idempotent keys)."""
+    from pathlib import Path
+
+    from . import campaign
+    from .web.client import ApiClient
+
+    client = ApiClient(args.api)
+    name = args.campaign or campaign.slug(Path(args.file).stem)
+    if args.presets:  # read here only for each preset's placeholders; the server expands its own copy
+        os.environ["ZIMG_PRESETS"] = str(Path(args.presets).resolve())
+        if not args.preset:
+            from .presets import load_presets
+
+            args.preset = sorted(load_presets(None).presets)
+    plan = campaign.Campaign(None, name, campaign.load_items(args.file), args.preset or (), _batch_options(args))
+    entries, requests, job_options = plan.plan()
+    for entry, request, opts in zip(entries, requests, job_options, strict=True):
+        client.enqueue({**request, **({"options": opts} if opts else {})}, job_id=entry.job_id)
+    if args.no_wait:
+        print("\n".join(e.job_id for e in entries))
+        return 0
+    draw, rows, counts = campaign.progress_bar(), [], {}
+    for entry in entries:
+        status = client.wait(entry.job_id, timeout=args.timeout)
+        counts[status["status"]] = counts.get(status["status"], 0) + 1
+        result = status.get("result") or {}
+        rows.append({"item": entry.item, "preset": entry.preset, "job_id": entry.job_id, "status": status["status"],
+                     "path": result.get("path"), "error": status.get("error")})  # fmt: skip
+        draw({"total": len(entries), "done": len(rows), "counts": counts, "complete": len(rows) == len(entries)})
+    _print_summary(rows)
+    return 0 if counts.get("finished", 0) == len(entries) else 1
 
 
 def _print_summary(rows: list[dict[str, Any]]) -> None:
@@ -315,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook-url", help="POST each job's status here when it ends (signed)")
     p.add_argument("--timeout", type=float, default=6 * 3600)
     p.add_argument("--no-wait", action="store_true", help="enqueue and return at once")
+    p.add_argument("--api", metavar="URL", help="use a zimg web API instead of Redis (token: $ZIMG_API_TOKEN)")
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("cron", help="run the campaigns of [schedules] in the presets file on RQ's CronScheduler")
