@@ -10,7 +10,6 @@ unless told otherwise. Every response names its backend in ``X-Zimg-Backend``.
 from __future__ import annotations
 
 import base64
-import hmac
 import io
 import logging
 import os
@@ -22,6 +21,7 @@ from flask import Flask, Response, jsonify, request
 from zimg_queue.metrics import InferenceMetrics
 from zimg_queue.request import GenerateRequest, ValidationError
 from zimg_queue.settings import Settings
+from zimg_queue.tokens import token_matches
 
 from .backends.base import Backend, InferenceRequest, OutOfMemory
 from .batcher import Batcher
@@ -42,8 +42,7 @@ def create_app(batcher: Batcher, *, max_pixels: int = 2048 * 2048, token: str | 
     @app.before_request
     def check_token() -> Any:
         if token and request.path != "/healthz":
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            if not token_matches(request.headers.get("Authorization"), token):
                 return jsonify(detail="missing or wrong bearer token"), 401
         return None
 

@@ -12,33 +12,16 @@ too, and the dashboard's 401 asks for it: the browser shows its own login prompt
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 from collections.abc import Callable
 
 from flask import Flask, Response, g, jsonify, request
+
+from ..tokens import token_matches
 
 #: Endpoints anyone may call: a load balancer's health probe has no token.
 PUBLIC_ENDPOINTS = {"zimg_queue.healthz", "static"}
 #: Blueprints browsed by people: their 401 asks the browser for a Basic login (password = token).
 BASIC_BLUEPRINTS = {"rq_dashboard"}
-
-
-def token_matches(header: str | None, token: str) -> bool:
-    """True when ``header`` is ``Bearer <token>``. Both sides are bytes so non-ASCII input cannot raise."""
-    if not header:
-        return False
-    scheme, _, given = header.partition(" ")
-    secret = given.strip().encode("utf-8", "surrogateescape")
-    if scheme.lower() == "basic":
-        try:
-            secret = base64.b64decode(secret, validate=True).partition(b":")[2]
-        except (binascii.Error, ValueError):
-            return False
-    elif scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(secret, token.encode("utf-8"))
 
 
 def unauthorized(basic: bool = False) -> Response:
