@@ -25,8 +25,7 @@ __all__ = ["GenerateRequest", "Producer", "Settings", "ValidationError", "enqueu
 @lru_cache(maxsize=1)
 def default_producer() -> Producer:
     """A producer for ``$ZIMG_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``)."""
-    settings = Settings.from_env()
-    return Producer(settings=settings.with_(redis_url=settings.redis_url or "redis://127.0.0.1:6379/0"))
+    return Producer(settings=Settings.from_env().with_default_redis())
 
 
 def enqueue(request: Any, **fields: Any) -> str:

@@ -28,12 +28,8 @@ def _producer(args: argparse.Namespace):
 
         return ApiClient(args.api)
     from .queue import Producer
-    from .redis_server import DEFAULT_URL
 
-    settings = _settings(args)
-    if not settings.redis_url:
-        settings = settings.with_(redis_url=DEFAULT_URL)
-    return Producer(settings=settings)
+    return Producer(settings=_settings(args).with_default_redis())
 
 
 def cmd_inference_server(args: argparse.Namespace) -> int:
@@ -61,10 +57,7 @@ def cmd_inference_server(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from workers.worker import run
 
-    from .redis_server import DEFAULT_URL
-
-    settings = _settings(args)
-    run(settings.with_(redis_url=settings.redis_url or DEFAULT_URL), processes=args.processes, burst=args.burst)
+    run(_settings(args).with_default_redis(), processes=args.processes, burst=args.burst)
     return 0
 
 
@@ -223,11 +216,9 @@ def _print_summary(rows: list[dict[str, Any]]) -> None:
 
 
 def cmd_cron(args: argparse.Namespace) -> int:
-    from .redis_server import DEFAULT_URL
     from .schedules import run_cron
 
-    settings = _settings(args)
-    return run_cron(settings.with_(redis_url=settings.redis_url or DEFAULT_URL), presets=args.presets, idle=args.idle)
+    return run_cron(_settings(args).with_default_redis(), presets=args.presets, idle=args.idle)
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .connection import answers
 from .processes import stop_processes
+from .settings import DEFAULT_REDIS_URL
 
 
 def find_redis_server() -> str:
@@ -88,7 +89,7 @@ class EmbeddedRedis:
         self.stop()
 
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_URL = DEFAULT_REDIS_URL
 
 
 def resolve_redis_url(redis_url: str | None, data_dir: str | Path) -> tuple[str, EmbeddedRedis | None]:

@@ -96,7 +96,7 @@ def _producer(presets: str | None):
     from .queue import Producer
 
     settings = Settings.from_env()
-    producer = Producer(settings=settings.with_(redis_url=settings.redis_url or "redis://127.0.0.1:6379/0"))
+    producer = Producer(settings=settings.with_default_redis())
     producer.presets_path = presets
     return producer
 

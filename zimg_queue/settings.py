@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 PRIORITIES = ("high", "normal", "low")
+#: Where producers, workers and the web app look for Redis when ``ZIMG_REDIS_URL`` is unset.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def _parse(kind: Any, raw: str) -> Any:
@@ -56,6 +58,12 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     #: Seconds after which a started job whose worker stopped heart-beating is re-queued.
     lease_ttl: int = 15
+    #: The web API's abuse limits (see ``zimg_queue.web.limits``) and reverse proxies in front of it.
+    rate_limit: str = "600/60"
+    #: Twice the longest valid body (two 2000-character prompts in 4-byte UTF-8) plus room for the rest.
+    max_body_bytes: int = 64 * 1024
+    prompt_blocklist: tuple[str, ...] = ()
+    proxy_count: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -83,6 +91,10 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    def with_default_redis(self) -> Settings:
+        """These settings, with ``DEFAULT_REDIS_URL`` when no ``redis_url`` is set (clients never start a server)."""
+        return self if self.redis_url else replace(self, redis_url=DEFAULT_REDIS_URL)
 
     @property
     def images_path(self) -> Path:

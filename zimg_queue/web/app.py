@@ -9,7 +9,6 @@ later is protected without doing anything.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +44,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(campaigns_bp)  # GET /v1/campaigns/<name>, GET /metrics
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
-    proxies = int(app.config.get("ZIMG_PROXY_COUNT") or os.environ.get("ZIMG_PROXY_COUNT") or 0)
+    proxies = int(get_state(app).settings.proxy_count or 0)
     if proxies:  # behind N reverse proxies: the rate limit keys on the client's address, not the proxy's
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
     return app

@@ -27,7 +27,6 @@ import redis
 from flask import Flask, current_app, has_app_context
 
 from ..queue import Producer
-from ..redis_server import DEFAULT_URL
 from ..settings import Settings
 from .auth import protect_blueprint
 from .limits import Limits, RateLimiter
@@ -48,14 +47,12 @@ class WebState:
 
     @classmethod
     def build(cls, config: dict, producer: Producer | None = None) -> WebState:
-        settings = Settings.from_mapping(config)
-        if not settings.redis_url:
-            settings = settings.with_(redis_url=DEFAULT_URL)
+        settings = Settings.from_mapping(config).with_default_redis()
         producer = producer or Producer(settings=settings)
         settings = producer.settings
-        limits = Limits.from_mapping(config)
+        limits = Limits.from_settings(settings)
         limiter = RateLimiter(producer.connection, limits.rate, limits.window, prefix=settings.queue_prefix)
-        probe = redis.Redis.from_url(settings.redis_url or DEFAULT_URL, socket_timeout=1, socket_connect_timeout=1)
+        probe = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
         return cls(settings, producer, limits, limiter, probe)
 
     @property

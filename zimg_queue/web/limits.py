@@ -8,20 +8,15 @@ and every host that serves the API.
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 
 from ..request import ValidationError
+from ..settings import Settings
 
-#: Twice the longest valid body (two 2000-character prompts in 4-byte UTF-8) plus room for the rest.
-DEFAULT_MAX_BODY_BYTES = 64 * 1024
-DEFAULT_RATE_LIMIT = "600/60"
 _UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 
 
@@ -41,36 +36,29 @@ def parse_rate(text: str | int | None) -> tuple[int, int]:
     return int(count), int(window)
 
 
-def _get(config: Mapping[str, Any], key: str, default: Any) -> Any:
-    """A Flask ``app.config`` value, else the environment, else ``default``."""
-    if key in config and config[key] is not None:
-        return config[key]
-    return os.environ.get(key, default)
-
-
 @dataclass(frozen=True)
 class Limits:
-    """The web layer's limits, from ``ZIMG_RATE_LIMIT``, ``ZIMG_MAX_BODY_BYTES``, ``ZIMG_PROMPT_BLOCKLIST``."""
+    """The web layer's limits, parsed once from :class:`Settings`."""
 
     rate: int = 600
     window: int = 60
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes: int = Settings.max_body_bytes
     blocklist: tuple[str, ...] = ()
     _pattern: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any]) -> Limits:
-        rate, window = parse_rate(_get(config, "ZIMG_RATE_LIMIT", DEFAULT_RATE_LIMIT))
-        words = _get(config, "ZIMG_PROMPT_BLOCKLIST", "")
-        if isinstance(words, str):
+    def from_settings(cls, settings: Settings) -> Limits:
+        """From ``ZIMG_RATE_LIMIT``, ``ZIMG_MAX_BODY_BYTES``, ``ZIMG_PROMPT_BLOCKLIST`` (``app.config`` or env)."""
+        rate, window = parse_rate(settings.rate_limit)
+        words = settings.prompt_blocklist
+        if isinstance(words, str):  # app.config may hold the comma list unparsed
             words = words.split(",")
         blocklist = tuple(w.strip().lower() for w in words if w and w.strip())
-        max_body = int(_get(config, "ZIMG_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
         pattern = None
         if blocklist:
             alternatives = "|".join(re.escape(w) for w in sorted(blocklist, key=len, reverse=True))
             pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
-        return cls(rate, window, max_body, blocklist, pattern)
+        return cls(rate, window, int(settings.max_body_bytes), blocklist, pattern)
 
     def check_prompt(self, prompt: str) -> None:
         """Reject a prompt holding a blocked word or phrase (whole words, any case)."""
