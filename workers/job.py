@@ -15,7 +15,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -25,6 +24,7 @@ from rq.job import Job
 from zimg_queue.options import JobOptions, resolve_watermark
 from zimg_queue.request import GenerateRequest, ValidationError
 from zimg_queue.settings import Settings
+from zimg_queue.status import now_iso
 
 from .client import GenerateResponse, InferenceClient
 from .errors import BadOptions, GenerateError, InferenceOutOfMemory, JobStopped
@@ -228,14 +228,12 @@ def downscale(req: GenerateRequest, factor: float = 0.75) -> GenerateRequest | N
 
 
 def _record_attempt(job: Job | None, exc: Exception) -> None:
-    if job is None:
-        return
+    if job is not None:
+        record_attempt(job, f"{type(exc).__name__}: {exc}")
+
+
+def record_attempt(job: Job, error: str) -> None:
+    """Append one failed attempt to ``job.meta["attempts"]``: what the status API shows as ``attempts``."""
     attempts = job.meta.setdefault("attempts", [])
-    attempts.append(
-        {
-            "attempt": len(attempts) + 1,
-            "error": f"{type(exc).__name__}: {exc}",
-            "at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
-        }
-    )
+    attempts.append({"attempt": len(attempts) + 1, "error": error, "at": now_iso()})
     job.save_meta()

@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
 from typing import Any
 
 import redis
@@ -36,6 +35,8 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
+
+from .job import record_attempt
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,11 @@ def record_worker_death(job: Job, exc_type: type, exc_value: BaseException, tb: 
         return True
     left = job.retries_left or 0
     fate = f"re-queued ({left - 1} retries left after this one)" if left > 0 else "no attempts left: failed"
-    attempts = job.meta.setdefault("attempts", [])
-    attempts.append(
-        {
-            "attempt": len(attempts) + 1,
-            "error": f"{WORKER_DIED}: the worker running this job died (its lease expired: killed, "
-            f"out of memory or its machine went away); {fate}",
-            "at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
-        }
+    record_attempt(
+        job,
+        f"{WORKER_DIED}: the worker running this job died (its lease expired: killed, "
+        f"out of memory or its machine went away); {fate}",
     )
-    job.save_meta()
     return True
 
 

@@ -36,7 +36,7 @@ from rq.serializers import JSONSerializer
 from zimg_queue.metrics import record_job
 from zimg_queue.queue import jittered
 from zimg_queue.settings import Settings
-from zimg_queue.status import wait_for
+from zimg_queue.status import now_iso, wait_for
 
 log = logging.getLogger(__name__)
 DELIVER_FUNC = "workers.webhooks.deliver"
@@ -130,7 +130,7 @@ def deliver(job_id: str, url: str, event: str, msg_id: str) -> dict[str, Any]:
     except requests.RequestException as exc:
         error = f"{type(exc).__name__}: {exc}"
     _note(job, {"id": msg_id, "event": event, "url": url, "attempts": attempt, "delivered": error is None,
-                "error": error, "at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")})  # fmt: skip
+                "error": error, "at": now_iso()})  # fmt: skip
     if error:
         raise WebhookFailed(f"webhook {msg_id} to {url} failed (attempt {attempt}): {error}")
     return {"id": msg_id, "url": url, "status": resp.status_code, "attempts": attempt}

@@ -22,7 +22,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from rq.serializers import JSONSerializer
 from .presets import load_presets
 from .queue import Producer
 from .request import MAX_SEED, ValidationError
-from .status import FINAL
+from .status import FINAL, now_iso
 
 NAME_RE = re.compile(r"^[A-Za-z0-9-]+(_[A-Za-z0-9-]+)*$")
 KEY_COLUMNS = ("key", "id", "sku")
@@ -195,7 +194,7 @@ class Campaign:
             "name": self.name,
             "presets": list(self.presets),
             "items": len(self.items),
-            "started_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "started_at": now_iso(),
             "entries": [[e.item, e.preset, e.job_id] for e in entries],
         }
         conn = self.producer.connection

@@ -9,7 +9,7 @@ not grow with the queue (the position lookup is bounded by ``POSITION_LIMIT``).
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from rq.command import send_stop_job_command
@@ -23,6 +23,11 @@ POSITION_LIMIT = 1000
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def now_iso() -> str:
+    """The current UTC time as the API writes every timestamp: ``2026-11-25T09:00:00.123456Z``."""
+    return _iso(datetime.now(timezone.utc))  # type: ignore[return-value]
 
 
 def _error_line(exc_string: str | None) -> str | None:
