@@ -209,16 +209,17 @@ def fetch_statuses(conn: Any, job_ids: Sequence[str]) -> list[str | None]:
         return [s.decode() if s else None for s in pipe.execute()]
 
 
-def load_doc(conn: Any, name: str) -> dict[str, Any] | None:
+def load_doc(conn: Any, name: str) -> dict[str, Any]:
+    """The campaign's saved plan, or :class:`NoSuchJobError` (the API answers 404)."""
     raw = conn.get(DOC_KEY.format(check_name(name)))
-    return json.loads(raw) if raw else None
+    if not raw:
+        raise NoSuchJobError(f"no campaign named {name!r}")
+    return json.loads(raw)
 
 
 def progress(conn: Any, name: str) -> dict[str, Any]:
     """Counts by status: cheap enough to poll (one round trip)."""
     doc = load_doc(conn, name)
-    if doc is None:
-        raise NoSuchJobError(f"no campaign named {name!r}")
     statuses = fetch_statuses(conn, [e[2] for e in doc["entries"]])
     counts = Counter(s or "expired" for s in statuses)
     done = sum(counts[s.value] for s in FINAL) + counts["expired"]
@@ -236,8 +237,6 @@ def manifest(conn: Any, name: str) -> dict[str, Any]:
     from .status import job_status
 
     doc = load_doc(conn, name)
-    if doc is None:
-        raise NoSuchJobError(f"no campaign named {name!r}")
     rows = []
     jobs = Job.fetch_many([e[2] for e in doc["entries"]], connection=conn, serializer=JSONSerializer)
     for (item, preset, job_id), job in zip(doc["entries"], jobs):
