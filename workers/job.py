@@ -9,7 +9,6 @@ rq-dashboard; each failed attempt is appended to ``job.meta["attempts"]``.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -167,7 +166,7 @@ def _postprocess(ctx: Context, result: dict[str, Any], opts: JobOptions) -> dict
 
 def object_store_for(storage: str | None):
     """The S3 store when ``storage`` (or ``$ZIMG_STORAGE``) says ``s3``, else ``None`` (local folder only)."""
-    if (storage or os.environ.get("ZIMG_STORAGE", "local")).lower() != "s3":
+    if (storage or Settings().storage).lower() != "s3":
         return None
     from .object_store import default_store
 

@@ -25,6 +25,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from zimg_queue.settings import Settings
+
 from .storage import EXTENSIONS, ImageStore
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -55,18 +57,19 @@ class ObjectStore:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ObjectStore:
-        env = dict(os.environ if env is None else env)
-        bucket = env.get("ZIMG_S3_BUCKET")
-        if not bucket:
+        """From ``Settings`` (``ZIMG_S3_*``); ``env`` replaces the environment (tests)."""
+        s = Settings() if env is None else Settings.from_env(env)
+        if not s.s3_bucket:
             raise RuntimeError("ZIMG_STORAGE=s3 needs ZIMG_S3_BUCKET")
+        aws_region = os.environ.get("AWS_REGION") if env is None else env.get("AWS_REGION")
         return cls(
-            bucket,
-            endpoint_url=env.get("ZIMG_S3_ENDPOINT_URL") or None,
-            region=env.get("ZIMG_S3_REGION") or env.get("AWS_REGION") or "us-east-1",
-            prefix=env.get("ZIMG_S3_PREFIX", "images/"),
-            public_url=env.get("ZIMG_S3_PUBLIC_URL") or None,
-            url_expires=int(env.get("ZIMG_S3_URL_EXPIRES", 7 * 86_400)),
-            addressing_style=env.get("ZIMG_S3_ADDRESSING_STYLE", "auto"),
+            s.s3_bucket,
+            endpoint_url=s.s3_endpoint_url,
+            region=s.s3_region or aws_region or "us-east-1",
+            prefix=s.s3_prefix,
+            public_url=s.s3_public_url,
+            url_expires=s.s3_url_expires,
+            addressing_style=s.s3_addressing_style,
         )
 
     def object_key(self, key: str, fmt: str) -> str:

@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -81,8 +80,7 @@ def signed_headers(msg_id: str, body: bytes, secret: str | None, now: float | No
 
 
 def _intervals() -> list[float]:
-    raw = os.environ.get("ZIMG_WEBHOOK_RETRY_INTERVALS")
-    values = [float(x) for x in raw.split(",") if x.strip()] if raw else list(DEFAULT_INTERVALS)
+    values = list(Settings().webhook_retry_intervals)
     return jittered(values) if any(values) else values
 
 
@@ -119,7 +117,7 @@ def deliver(job_id: str, url: str, event: str, msg_id: str) -> dict[str, Any]:
     job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
     payload = wait_for(job, timeout=10, fresh=True)  # the callback runs just before RQ marks the job final
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    headers = signed_headers(msg_id, body, os.environ.get("ZIMG_WEBHOOK_SECRET"))
+    headers = signed_headers(msg_id, body, Settings().secret("webhook_secret"))
     attempt = (me.meta.get("attempt", 0) + 1) if me is not None else 1
     if me is not None:
         me.meta["attempt"] = attempt

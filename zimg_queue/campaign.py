@@ -125,13 +125,15 @@ class Entry:
 class Campaign:
     """A plan of jobs; :meth:`start` enqueues what is missing and returns the counts."""
 
-    #: ``None`` plans without Redis (``zimg batch --api``); presets then come from ``$ZIMG_PRESETS``.
+    #: ``None`` plans without Redis (``zimg batch --api``); presets then come from ``presets_file``.
     producer: Producer | None
     name: str
     items: Sequence[Mapping[str, Any]]
     presets: Sequence[str] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     priority: str = "normal"
+    #: The presets file when planning without a producer (default ``ZIMG_PRESETS``).
+    presets_file: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -153,7 +155,7 @@ class Campaign:
                     options.append(dict(self.options))
                 else:
                     # One row feeds several presets: give each only the placeholders it takes.
-                    spec = load_presets(self.producer.presets_path if self.producer else None).get(preset)
+                    spec = load_presets(self.producer.presets_path if self.producer else self.presets_file).get(preset)
                     values = {k: v for k, v in row.items() if k in spec.placeholders}
                     requests.append({} if "seed" in spec.fields else {"seed": _seed(key, preset)})
                     options.append({**self.options, "preset": preset, "placeholders": values})

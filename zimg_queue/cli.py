@@ -6,7 +6,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -14,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .request import ValidationError
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -37,9 +36,7 @@ def cmd_inference_server(args: argparse.Namespace) -> int:
 
     options: dict[str, Any] = {}
     if args.backend == "zimage":
-        import os
-
-        options["model"] = args.model or os.environ.get("ZIMG_MODEL")
+        options["model"] = args.model or _settings(args).model
         if not options["model"]:
             raise SystemExit("the zimage backend needs --model or ZIMG_MODEL (a folder or a hub id)")
     serve(
@@ -178,13 +175,16 @@ def _batch_over_api(args: argparse.Namespace) -> int:
 
     client = ApiClient(args.api)
     name = args.campaign or campaign.slug(Path(args.file).stem)
-    if args.presets:  # read here only for each preset's placeholders; the server expands its own copy
-        os.environ["ZIMG_PRESETS"] = str(Path(args.presets).resolve())
+    presets_file = args.presets or _settings(args).presets
+    if presets_file:  # read here only for each preset's placeholders; the server expands its own copy
+        presets_file = str(Path(presets_file).resolve())
         if not args.preset:
             from .presets import load_presets
 
-            args.preset = sorted(load_presets(None).presets)
-    plan = campaign.Campaign(None, name, campaign.load_items(args.file), args.preset or (), _batch_options(args))
+            args.preset = sorted(load_presets(presets_file).presets)
+    plan = campaign.Campaign(
+        None, name, campaign.load_items(args.file), args.preset or (), _batch_options(args), presets_file=presets_file
+    )
     entries, requests, job_options = plan.plan()
     for entry, request, opts in zip(entries, requests, job_options, strict=True):
         client.enqueue({**request, **({"options": opts} if opts else {})}, job_id=entry.job_id)
@@ -232,7 +232,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .stack import Stack
 
     has_web = importlib.util.find_spec("zimg_queue.web") is not None
-    workers = args.workers or (16 if os.environ.get("ZIMG_MODEL") else 2)
+    workers = args.workers or (16 if _settings(args).model else 2)
     stack = Stack(_settings(args), workers=workers, web=has_web and not args.no_web, web_port=args.web_port)
     stack.inference_port = args.inference_port
     stopping = False
@@ -368,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except SettingsError as exc:
+        print(f"bad setting: {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         print(f"invalid request: {exc}", file=sys.stderr)
         return 2

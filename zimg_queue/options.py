@@ -205,11 +205,14 @@ class JobOptions:
 def watermark_sources(presets: str | os.PathLike[str] | None = None) -> tuple[dict[str, Path], Path | None]:
     """The operator's watermarks: the presets file's ``[watermarks]`` table and ``ZIMG_WATERMARK_DIR``."""
     table: dict[str, Path] = {}
-    if presets or os.environ.get("ZIMG_PRESETS"):
+    from .settings import Settings
+
+    settings = Settings()
+    if presets or settings.presets:
         from .presets import load_presets
 
         table = dict(load_presets(presets).watermarks)
-    folder = os.environ.get("ZIMG_WATERMARK_DIR")
+    folder = settings.watermark_dir
     return table, Path(folder) if folder else None
 
 

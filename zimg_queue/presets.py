@@ -40,6 +40,7 @@ from typing import Any
 
 from .options import NAME_RE, Postprocess
 from .request import SCHEMA, ValidationError
+from .settings import Settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -207,7 +208,7 @@ _cache: dict[str, tuple[float, PresetFile]] = {}
 
 def load_presets(path: str | os.PathLike[str] | None = None) -> PresetFile:
     """Load (and cache until the file changes) ``path`` or ``$ZIMG_PRESETS``; an empty set when neither is set."""
-    raw = path if path is not None else os.environ.get("ZIMG_PRESETS")
+    raw = path if path is not None else Settings().presets
     if not raw:
         return PresetFile(None, {})
     p = Path(raw).resolve()

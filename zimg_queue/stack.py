@@ -44,7 +44,7 @@ class Stack:
     def start(self) -> Stack:
         url, self.redis = resolve_redis_url(self.settings.redis_url, self.settings.data_dir)
         self.settings = self.settings.with_(redis_url=url, inference_url=f"http://127.0.0.1:{self.inference_port}")
-        backend = "zimage" if os.environ.get("ZIMG_MODEL") else "sim"
+        backend = "zimage" if self.settings.model else "sim"
         self.spawn("inference", "inference-server", "--backend", backend, "--port", str(self.inference_port))
         wait_http(f"{self.settings.inference_url}/healthz", self.processes["inference"], timeout=600)
         self.spawn("worker", "worker", "--processes", str(self.workers))

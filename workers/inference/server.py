@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import os
 import time
 from typing import Any
 
@@ -139,7 +138,7 @@ def serve(
 
     backend = load(backend_name, **(backend_options or {}))
     batcher = Batcher(backend, max_batch=max_batch, max_wait_s=max_wait_ms / 1000)
-    app = create_app(batcher, max_pixels=settings.max_pixels, token=os.environ.get("ZIMG_INFERENCE_TOKEN"))
+    app = create_app(batcher, max_pixels=settings.max_pixels, token=settings.secret("inference_token"))
     log.info("inference server (%s backend) on http://%s:%d", backend.name, host, port)
     try:
         waitress_serve(app, host=host, port=port, threads=threads or max(16, 4 * max_batch), ident="zimg-inference")

@@ -29,7 +29,7 @@ from .body import ApiError, read_json_object
 from .extension import WebState, get_state
 
 bp = Blueprint("zimg_queue", __name__)
-bp.before_request(guard(lambda: get_state().settings.api_token))
+bp.before_request(guard(lambda: get_state().settings.secret("api_token")))
 
 MAX_WAIT_S = 60.0
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}

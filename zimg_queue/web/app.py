@@ -40,7 +40,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config.update(config or {})
     ZimgQueue(app, url_prefix="", dashboard_prefix=app.config.get("ZIMG_DASHBOARD_PREFIX", "/rq"))
-    app.before_request(guard(lambda: get_state(app).settings.api_token))
+    app.before_request(guard(lambda: get_state(app).settings.secret("api_token")))
     app.register_blueprint(campaigns_bp)  # GET /v1/campaigns/<name>, GET /metrics
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

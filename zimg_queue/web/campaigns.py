@@ -21,7 +21,7 @@ from .body import ApiError
 from .extension import get_state
 
 bp = Blueprint("zimg_campaigns", __name__)
-bp.before_request(guard(lambda: get_state().settings.api_token))
+bp.before_request(guard(lambda: get_state().settings.secret("api_token")))
 
 
 @bp.errorhandler(ApiError)

@@ -8,7 +8,6 @@ The token comes only from ``ZIMG_API_TOKEN`` (or the caller), never from a comma
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import requests
 
 from ..request import ValidationError
+from ..settings import Settings
 
 
 class ApiClientError(requests.HTTPError):
@@ -30,7 +30,7 @@ class ApiClient:
     def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 30.0):
         self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
-        token = token if token is not None else os.environ.get("ZIMG_API_TOKEN")
+        token = token if token is not None else Settings().secret("api_token")
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
         self.timeout = timeout

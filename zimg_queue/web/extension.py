@@ -86,7 +86,7 @@ def mount_dashboard(app: Flask, url_prefix: str = "/rq") -> None:
     app.config.setdefault("RQ_DASHBOARD_SHOW_FULL_ARGS", True)  # job detail shows the request (small by design)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=url_prefix.rstrip("/") or "/")
     rq_dashboard.web.setup_rq_connection(app)
-    protect_blueprint(app, rq_dashboard.blueprint.name, lambda: get_state(app).settings.api_token)
+    protect_blueprint(app, rq_dashboard.blueprint.name, lambda: get_state(app).settings.secret("api_token"))
 
 
 class ZimgQueue:

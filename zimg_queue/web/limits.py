@@ -42,7 +42,7 @@ class Limits:
 
     rate: int = 600
     window: int = 60
-    max_body_bytes: int = Settings.max_body_bytes
+    max_body_bytes: int = Settings.model_fields["max_body_bytes"].default
     blocklist: tuple[str, ...] = ()
     _pattern: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
 
@@ -51,8 +51,6 @@ class Limits:
         """From ``ZIMG_RATE_LIMIT``, ``ZIMG_MAX_BODY_BYTES``, ``ZIMG_PROMPT_BLOCKLIST`` (``app.config`` or env)."""
         rate, window = parse_rate(settings.rate_limit)
         words = settings.prompt_blocklist
-        if isinstance(words, str):  # app.config may hold the comma list unparsed
-            words = words.split(",")
         blocklist = tuple(w.strip().lower() for w in words if w and w.strip())
         pattern = None
         if blocklist:

@@ -15,6 +15,8 @@ from typing import Any
 
 from flask import Flask
 
+from ..settings import Settings
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
@@ -46,7 +48,7 @@ def _gunicorn(host: str, port: int, processes: int, threads: int) -> None:
                 "graceful_timeout": 10,
                 # Off by default: with keep-alive, a few busy client connections can all land on one
                 # worker process (measured: ~600 req/s instead of ~1,200 with 2 processes).
-                "keepalive": int(os.environ.get("ZIMG_WEB_KEEPALIVE", "0")),
+                "keepalive": Settings().web_keepalive,
                 "accesslog": None,  # the Authorization header is never logged: no access log by default
                 "errorlog": "-",
                 "loglevel": "info",

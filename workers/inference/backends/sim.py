@@ -11,7 +11,6 @@ it makes says ``sim``. Settings come from ``ZIMG_SIM_*`` variables.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import threading
 import time
@@ -20,6 +19,8 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from PIL import Image, ImageDraw
+
+from zimg_queue.settings import Settings
 
 from .base import InferenceRequest, OutOfMemory, ProgressFn
 
@@ -41,12 +42,9 @@ class SimConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> SimConfig:
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"ZIMG_SIM_{f.name.upper()}")
-            if raw is not None:
-                values[f.name] = int(raw) if f.type == "int" else float(raw)
+        """The ``ZIMG_SIM_*`` fields of :class:`Settings` (``env`` replaces the environment); overrides win."""
+        s = Settings() if env is None else Settings.from_env(env)
+        values: dict[str, Any] = {f.name: getattr(s, f"sim_{f.name}") for f in fields(cls)}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
