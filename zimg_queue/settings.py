@@ -291,3 +291,18 @@ def settings_table() -> str:
 
 
 __all__ = ["DEFAULT_REDIS_URL", "PRIORITIES", "Settings", "SettingsError", "default_data_dir", "settings_table"]
+
+
+def write_readme_table(readme: str = "README.md") -> None:
+    """Regenerate the settings table between the README's ``settings-table`` markers."""
+    from pathlib import Path as _Path
+
+    path = _Path(readme)
+    text = path.read_text()
+    head, rest = text.split("<!-- settings-table:start -->\n", 1)
+    _, tail = rest.split("\n<!-- settings-table:end -->", 1)
+    path.write_text(f"{head}<!-- settings-table:start -->\n{settings_table()}\n<!-- settings-table:end -->{tail}")
+
+
+if __name__ == "__main__":  # python -m zimg_queue.settings: rewrite the README's settings table
+    write_readme_table()
