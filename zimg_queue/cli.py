@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import logging
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from .logs import configure_logging
 from .request import ValidationError
 from .settings import Settings, SettingsError
 
@@ -54,7 +54,8 @@ def cmd_inference_server(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from workers.worker import run
 
-    run(_settings(args).with_default_redis(), processes=args.processes, burst=args.burst)
+    settings = _settings(args).with_default_redis()
+    run(settings, processes=args.processes, burst=args.burst, logging_level=settings.log_level.upper())
     return 0
 
 
@@ -267,6 +268,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Which ``process`` field a command's log lines carry.
+PROCESS_OF_COMMAND: dict[str, Any] = {"web": "web", "worker": "worker", "inference-server": "inference"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zimg", description="Z-Image-Turbo behind an RQ job queue.")
     parser.add_argument("--redis-url", help="default: $ZIMG_REDIS_URL, else redis://127.0.0.1:6379/0")
@@ -364,9 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        configure_logging(_settings(args), process=PROCESS_OF_COMMAND.get(args.command, "cli"))
         return args.func(args)
     except SettingsError as exc:
         print(f"bad setting: {exc}", file=sys.stderr)

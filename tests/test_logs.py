@@ -1,0 +1,124 @@
+"""Structured logs: JSON lines off a terminal, readable lines on one, stdlib and structlog alike, no prompts."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import structlog
+
+from zimg_queue.logs import bind, configure_logging, unbind
+from zimg_queue.settings import Settings
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def logged():
+    """Configure logging into a buffer; yield a function returning the JSON lines written so far."""
+    buffers: list[io.StringIO] = []
+
+    def setup(settings: Settings | None = None, process="worker", stream: io.StringIO | None = None):
+        buffers.append(stream or io.StringIO())
+        configure_logging(settings or Settings(), process=process, stream=buffers[-1])
+        return buffers[-1]
+
+    yield setup
+    configure_logging(Settings(), process="cli")  # back to stderr for the rest of the session
+
+
+def lines(buffer: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+
+
+def test_structlog_and_stdlib_records_are_json_lines_with_the_same_fields(logged):
+    out = logged(process="worker")
+    structlog.get_logger("zimg.test").info("job_finished", job_id="j1", total_s=1.5)
+    logging.getLogger("rq.worker").info("Job %s: %s", "OK", "j1")  # RQ logs with %-arguments
+    first, second = lines(out)
+    assert first["event"] == "job_finished" and first["job_id"] == "j1" and first["total_s"] == 1.5
+    assert second["event"] == "Job OK: j1" and second["logger"] == "rq.worker"
+    for line in (first, second):
+        assert line["level"] == "info" and line["process"] == "worker" and line["timestamp"].endswith("Z")
+
+
+def test_bound_request_id_appears_on_every_line_until_unbound(logged):
+    out = logged(process="web")
+    bind(request_id="r-123")
+    structlog.get_logger().info("one")
+    logging.getLogger("werkzeug").warning("two")
+    unbind("request_id")
+    structlog.get_logger().info("three")
+    got = lines(out)
+    assert [g.get("request_id") for g in got] == ["r-123", "r-123", None]
+    assert got[0]["process"] == "web"
+
+
+def test_exceptions_are_rendered_into_the_json_line(logged):
+    out = logged()
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("zimg").exception("failed")
+    (line,) = lines(out)
+    assert line["level"] == "error" and "RuntimeError: boom" in line["exception"]
+
+
+def test_a_terminal_gets_readable_lines_not_json(logged):
+    out = logged(stream=Terminal())
+    structlog.get_logger().info("job_finished", job_id="j1")
+    text = out.getvalue()
+    assert "job_finished" in text and "job_id=j1" in text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text.splitlines()[0])
+
+
+def test_default_level_is_info(logged):
+    out = logged()
+    log = structlog.get_logger()
+    log.debug("hidden")
+    log.info("shown")
+    assert [line["event"] for line in lines(out)] == ["shown"]
+
+
+def test_log_level_setting_drops_lower_levels(logged):
+    # Changes ZIMG_LOG_LEVEL; test_default_level_is_info is its twin on the default.
+    out = logged(Settings(log_level="warning"))
+    structlog.get_logger().info("hidden")
+    logging.getLogger("rq.worker").info("hidden too")
+    structlog.get_logger().warning("shown")
+    assert [line["event"] for line in lines(out)] == ["shown"]
+
+
+def test_prompts_are_not_logged_by_default(logged):
+    out = logged()
+    structlog.get_logger().info("job_started", prompt="my secret product launch", negative_prompt="blurry")
+    (line,) = lines(out)
+    assert "secret" not in out.getvalue() and "blurry" not in out.getvalue()
+    assert line["prompt_chars"] == len("my secret product launch") and line["negative_prompt_chars"] == 6
+
+
+def test_log_prompts_setting_keeps_them(logged):
+    # Changes ZIMG_LOG_PROMPTS; test_prompts_are_not_logged_by_default is its twin on the default.
+    out = logged(Settings(log_prompts=True))
+    structlog.get_logger().info("job_started", prompt="a red fox")
+    assert lines(out)[0]["prompt"] == "a red fox"
+
+
+def test_a_real_process_logs_json_to_its_non_terminal_stderr(procs, settings):
+    proc = procs.inference(latency_a="0", latency_b="0")
+    proc.stop()
+    parsed = []
+    for raw in proc.output().splitlines():
+        try:
+            parsed.append(json.loads(raw))
+        except json.JSONDecodeError:
+            pytest.fail(f"a log line that is not JSON: {raw!r}")
+    assert parsed, "the inference server logged nothing"
+    assert all(p["process"] == "inference" and "timestamp" in p and "level" in p for p in parsed)
+    assert any("waitress" in p["logger"] for p in parsed), "waitress (stdlib logging) is routed too"
