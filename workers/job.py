@@ -28,6 +28,7 @@ from zimg_queue.status import now_iso
 from .client import GenerateResponse, InferenceClient
 from .errors import BadOptions, GenerateError, InferenceOutOfMemory, JobStopped
 from .imaging import decode, encode, format_of
+from .inference_pool import InferencePool, inference_client
 from .storage import ImageStore
 
 #: Set by the worker when RQ asks it to stop the job it is running (see ``workers.worker``).
@@ -40,7 +41,7 @@ UPSTREAM_FORMATS = ("png", "jpeg")
 @dataclass
 class Context:
     settings: Settings
-    client: InferenceClient
+    client: InferenceClient | InferencePool
     store: ImageStore
     pool: ThreadPoolExecutor
 
@@ -49,7 +50,8 @@ class Context:
 def context() -> Context:
     """Per-process state, built on the first job and reused by every later one."""
     s = Settings.from_env()
-    client = InferenceClient(s.inference_url, connect_timeout=s.connect_timeout, read_timeout=s.read_timeout)
+    # A comma list of URLs (one server per GPU or host) gets a pool that fails over (workers.inference_pool).
+    client = inference_client(s.inference_url, connect_timeout=s.connect_timeout, read_timeout=s.read_timeout)
     # More than one thread: a stopped job's HTTP call may still be running when the next job starts.
     return Context(s, client, ImageStore(s.images_path), ThreadPoolExecutor(4, thread_name_prefix="inference"))
 
