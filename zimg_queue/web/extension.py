@@ -112,9 +112,11 @@ class ZimgQueue:
             self.init_app(app)
 
     def init_app(self, app: Flask, *, url_prefix: str | None = None, dashboard_prefix: str | None = None) -> None:
+        from . import telemetry
         from .api import bp
 
         app.extensions[EXTENSION_KEY] = WebState.build(app.config, self._producer)
+        telemetry.install(app)  # request ids, access log lines, HTTP metrics (app-wide)
         prefix = url_prefix if url_prefix is not None else self.url_prefix
         if prefix is None:
             prefix = app.config.get("ZIMG_URL_PREFIX", "")

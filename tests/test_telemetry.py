@@ -1,0 +1,80 @@
+"""The web API's request ids, access log and HTTP metrics (zimg_queue.web.telemetry)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from tests.test_metrics import samples
+from zimg_queue.logs import configure_logging
+from zimg_queue.metrics import exposition
+from zimg_queue.settings import Settings
+
+
+@pytest.fixture
+def access_log():
+    out = io.StringIO()
+    configure_logging(Settings(), process="web", stream=out)
+    yield lambda: [json.loads(line) for line in out.getvalue().splitlines()]
+    configure_logging(Settings(), process="cli")
+
+
+def test_a_request_id_is_made_echoed_and_stored_with_the_job(web_app, producer):
+    client = web_app().test_client()
+    resp = client.post("/v1/jobs", json={"prompt": "a cat", "width": 64, "height": 64})
+    assert resp.status_code == 202
+    rid = resp.headers["X-Request-Id"]
+    assert len(rid) == 32
+    assert producer.fetch(resp.get_json()["id"]).meta["request_id"] == rid
+    assert client.get("/healthz").headers["X-Request-Id"] != rid  # one per request
+
+
+def test_a_clients_request_id_is_kept_and_a_malformed_one_replaced(web_app, producer):
+    client = web_app().test_client()
+    resp = client.post("/v1/jobs", json={"prompt": "a cat"}, headers={"X-Request-Id": "abc-123.4:5_6"})
+    assert resp.headers["X-Request-Id"] == "abc-123.4:5_6"
+    assert producer.fetch(resp.get_json()["id"]).meta["request_id"] == "abc-123.4:5_6"
+    for bad in ("a b", "x" * 129, "<script>", "id\u00e9"):
+        got = client.get("/v1/queues", headers={"X-Request-Id": bad}).headers["X-Request-Id"]
+        assert got != bad and len(got) == 32
+
+
+def test_access_log_has_route_status_and_id_but_never_the_token(web_app, access_log):
+    client = web_app(ZIMG_API_TOKEN="s3cret-token").test_client()
+    client.get("/v1/jobs/nope?wait=0", headers={"Authorization": "Bearer s3cret-token", "X-Request-Id": "r1"})
+    client.get("/v1/queues", headers={"Authorization": "Basic dTpzM2NyZXQtdG9rZW4="})  # u:s3cret-token
+    client.get("/v1/queues", headers={"Authorization": "Bearer wrong-guess"})
+    lines = [line for line in access_log() if line["event"] == "http_request"]
+    assert [(line["route"], line["status"]) for line in lines] == [
+        ("/v1/jobs/<job_id>", 404), ("/v1/queues", 200), ("/v1/queues", 401),
+    ]  # fmt: skip
+    assert lines[0]["request_id"] == "r1" and lines[0]["path"] == "/v1/jobs/nope" and lines[0]["process"] == "web"
+    text = json.dumps(access_log())
+    for secret in ("s3cret-token", "dTpzM2NyZXQtdG9rZW4=", "wrong-guess", "Authorization", "wait=0"):
+        assert secret not in text
+
+
+def test_http_metrics_are_per_route_and_status(web_app, redis_conn, settings):
+    client = web_app().test_client()
+    for _ in range(3):
+        client.get("/v1/jobs/nope")
+    client.get("/v1/jobs/also-nope")
+    client.post("/v1/jobs", json={"prompt": "a cat"})
+    client.post("/v1/jobs", json={"prompt": ""})
+    client.get("/no/such/page")
+    m = samples(exposition(redis_conn, settings.queue_names)[0].decode())
+
+    def count(method: str, route: str, status: str) -> float:
+        labels = (("method", method), ("route", route), ("status", status))
+        return m[("zimg_http_request_duration_seconds_count", labels)]
+
+    assert count("GET", "/v1/jobs/<job_id>", "404") == 4  # the URL rule, not four raw paths
+    assert count("POST", "/v1/jobs", "202") == 1
+    assert count("POST", "/v1/jobs", "400") == 1
+    assert count("GET", "unmatched", "404") == 1
+    key = ("zimg_http_request_duration_seconds_bucket",
+           (("le", "+Inf"), ("method", "GET"), ("route", "/v1/jobs/<job_id>"), ("status", "404")))  # fmt: skip
+    assert m[key] == 4
+    assert not any("nope" in str(labels) for _, labels in m)
