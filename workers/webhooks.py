@@ -153,6 +153,13 @@ def _duration(job: Job) -> float | None:
     return max(0.0, (ended - started).total_seconds())
 
 
+def _queued(job: Job) -> float | None:
+    """Seconds from (the last) enqueue to start: the wait a bigger worker pool would shorten."""
+    if job.started_at is None or job.enqueued_at is None:
+        return None
+    return max(0.0, (job.started_at - job.enqueued_at).total_seconds())
+
+
 def job_finished(job: Job, connection: redis.Redis, result: Any, *args: Any, **kwargs: Any) -> None:
     """RQ ``on_success`` callback of every generate job."""
     if job.func_name == DELIVER_FUNC:
@@ -161,7 +168,7 @@ def job_finished(job: Job, connection: redis.Redis, result: Any, *args: Any, **k
     try:
         images = 0 if info.get("cache_hit") else 1
         record_job(connection, job.origin, ok=True, duration_s=_duration(job), inference_s=info.get("inference_s"),
-                   images=images)  # fmt: skip
+                   images=images, queued_s=_queued(job))  # fmt: skip
     except redis.RedisError:
         log.warning("could not record metrics for %s", job.id, exc_info=True)
     enqueue_delivery(job, connection, "finished")

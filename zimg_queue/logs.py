@@ -174,7 +174,7 @@ def gunicorn_logger_class() -> type:
     gunicorn gives its loggers their own plain-text handlers and stops propagation; this keeps
     its levels and messages but renders them like every other line of the process.
     """
-    from gunicorn.glogging import Logger
+    from gunicorn.glogging import Logger  # type: ignore[import-untyped]
 
     class StructuredGunicornLogger(Logger):
         def setup(self, cfg: Any) -> None:

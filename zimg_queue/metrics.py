@@ -7,34 +7,57 @@ killed at any moment. So the numbers live where all of them already meet: Redis.
   finished/failed/images counters per queue and bucketed job-duration and
   inference-time histograms. Producers add to the enqueued counter in the same
   pipeline that enqueues.
+* The web API adds each answered request to one hash (:func:`record_http`): gunicorn runs
+  several processes, and a scrape reaches only one of them.
 * :class:`RedisCollector` reads those hashes, plus queue depth, registry sizes and the
   worker count straight from RQ's own keys, *at scrape time* (one pipelined round trip).
 
 Prometheus' multiprocess mode was the alternative; it needs a shared folder on one
 host and cleanup of dead pids, neither of which holds for workers spread over hosts.
 
-The inference server is one process, so its batch-size histogram is an ordinary
-in-process one (:class:`InferenceMetrics`), served at its own ``GET /metrics``.
+The inference server is one process, so its metrics are ordinary in-process ones
+(:class:`InferenceMetrics`), served at its own ``GET /metrics``.
+
+Every HELP text starts with who measured the number ("Measured by the worker", "by the
+inference server", "by the web API"): the same call looks different from each side.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "zimg:metrics"
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+#: Web API answers: most take milliseconds, ``?wait=N`` holds one up to 60 s.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 REGISTRIES = {"started": "rq:wip:{}", "scheduled": "rq:scheduled:{}", "deferred": "rq:deferred:{}",
               "failed": "rq:failed:{}", "finished": "rq:finished:{}"}  # fmt: skip
 COUNTERS = ("enqueued", "finished", "failed", "images")
-HISTOGRAMS = {"job_duration": "zimg_job_duration_seconds", "inference": "zimg_inference_seconds"}
+#: Per-job histograms the *worker* records (Redis key part -> metric name, HELP).
+HISTOGRAMS = {
+    "job_duration": ("zimg_job_duration_seconds",
+                     "Measured by the worker: seconds from a job's start on a worker to its end, per ended job"),
+    "inference": ("zimg_job_inference_seconds",
+                  "Measured by the worker: seconds of its POST /v1/generate round trip(s) for a job (network, the "
+                  "inference server's queue and generation); the server's own view is zimg_inference_request_seconds"),
+    "queued": ("zimg_job_queued_seconds",
+               "Measured by the worker: seconds a job waited in its RQ queue before a worker started it"),
+}  # fmt: skip
+HTTP_METRIC = "zimg_http_request_duration_seconds"
+HTTP_HELP = ("Measured by the web API: seconds to answer a request, by method, route (the URL rule, not the path) "
+             "and status; _count is the number of requests")  # fmt: skip
+GPU_BUSY_WINDOW_S = 60.0
 
 
 def _bucket(value: float, buckets: Sequence[float] = DURATION_BUCKETS) -> str:
@@ -44,6 +67,10 @@ def _bucket(value: float, buckets: Sequence[float] = DURATION_BUCKETS) -> str:
     return "+Inf"
 
 
+def _usable(value: float | None) -> bool:
+    return value is not None and value >= 0 and not math.isnan(value)
+
+
 def record_enqueued(conn: Any, queue: str, n: int = 1) -> None:
     """Count ``n`` enqueued jobs (``conn`` may be a pipeline)."""
     conn.hincrby(f"{PREFIX}:enqueued", queue, n)
@@ -51,21 +78,55 @@ def record_enqueued(conn: Any, queue: str, n: int = 1) -> None:
 
 def record_job(
     conn: redis.Redis, queue: str, *, ok: bool, duration_s: float | None, inference_s: float | None = None,
-    images: int = 0,
+    images: int = 0, queued_s: float | None = None,
 ) -> None:  # fmt: skip
-    """One ended job, recorded by its worker: a counter and up to two histogram observations."""
+    """One ended job, recorded by its worker: a counter and up to three histogram observations."""
     with conn.pipeline(transaction=False) as pipe:
         pipe.hincrby(f"{PREFIX}:{'finished' if ok else 'failed'}", queue, 1)
         if images:
             pipe.hincrby(f"{PREFIX}:images", queue, images)
-        for name, value in (("job_duration", duration_s), ("inference", inference_s)):
-            if value is None or value < 0 or math.isnan(value):
+        for name, value in (("job_duration", duration_s), ("inference", inference_s), ("queued", queued_s)):
+            if not _usable(value):
                 continue
+            assert value is not None
             key = f"{PREFIX}:hist:{name}:{queue}"
             pipe.hincrby(key, _bucket(value), 1)
             pipe.hincrbyfloat(key, "sum", value)
             pipe.hincrby(key, "count", 1)
         pipe.execute()
+
+
+def record_http(conn: redis.Redis, method: str, route: str, status: int, seconds: float) -> None:
+    """One answered web API request, in one round trip: every gunicorn process adds to the same hash."""
+    series = f"{method}|{route}|{status}"
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hincrby(f"{PREFIX}:http", f"{series}|{_bucket(seconds, HTTP_BUCKETS)}", 1)
+        pipe.hincrbyfloat(f"{PREFIX}:http", f"{series}|sum", seconds)
+        pipe.hincrby(f"{PREFIX}:http", f"{series}|count", 1)
+        pipe.execute()
+
+
+def _cumulative(raw: dict[str, str], bounds: Sequence[float]) -> list[tuple[str, float]]:
+    cumulative, buckets = 0, list[tuple[str, float]]()
+    for bound in [*map(str, bounds), "+Inf"]:
+        cumulative += int(raw.get(bound, 0))
+        buckets.append((bound, cumulative))
+    return buckets
+
+
+def http_family(raw: dict[bytes, bytes]) -> HistogramMetricFamily:
+    """The web API's request histogram from the ``zimg:metrics:http`` hash."""
+    by_series: dict[tuple[str, str, str], dict[str, str]] = {}
+    for field, value in raw.items():
+        if field.count(b"|") < 3:
+            continue
+        method, rest = field.decode().split("|", 1)
+        route, status, part = rest.rsplit("|", 2)
+        by_series.setdefault((method, route, status), {})[part] = value.decode()
+    family = HistogramMetricFamily(HTTP_METRIC, HTTP_HELP, labels=["method", "route", "status"])
+    for labels, parts in sorted(by_series.items()):
+        family.add_metric(list(labels), _cumulative(parts, HTTP_BUCKETS), float(parts.get("sum", 0.0)))
+    return family
 
 
 class RedisCollector(Collector):
@@ -86,11 +147,15 @@ class RedisCollector(Collector):
             for name in HISTOGRAMS:
                 pipe.hgetall(f"{PREFIX}:hist:{name}:{q}")
         pipe.scard("rq:workers")
+        pipe.hgetall(f"{PREFIX}:http")
         answers = iter(pipe.execute())
 
         helps = {
-            "enqueued": "Jobs enqueued", "finished": "Jobs finished", "failed": "Jobs failed (retries exhausted)",
-            "images": "Images generated by inference (cache hits excluded); rate() gives images per second",
+            "enqueued": "Counted by the producer: jobs enqueued",
+            "finished": "Counted by the worker: jobs finished",
+            "failed": "Counted by the worker: jobs failed for good (retries exhausted)",
+            "images": "Counted by the worker: images generated by inference (cache hits excluded); "
+                      "rate() gives images per second",
         }  # fmt: skip
         for name in COUNTERS:
             values = {k.decode(): int(v) for k, v in next(answers).items()}
@@ -100,11 +165,14 @@ class RedisCollector(Collector):
                 family.add_metric([q], values.get(q, 0))
             yield family
 
-        depth = GaugeMetricFamily("zimg_queue_depth", "Jobs waiting in the queue", labels=["queue"])
-        registry = GaugeMetricFamily("zimg_jobs_in_registry", "Jobs in each RQ registry", labels=["queue", "registry"])
+        depth = GaugeMetricFamily("zimg_queue_depth", "Read from Redis: jobs waiting in the RQ queue", labels=["queue"])
+        registry = GaugeMetricFamily(
+            "zimg_jobs_in_registry", "Read from Redis: jobs in each RQ registry (started, scheduled, ...)",
+            labels=["queue", "registry"],
+        )  # fmt: skip
         hists = {
-            name: HistogramMetricFamily(metric, f"{name.replace('_', ' ').capitalize()} in seconds", labels=["queue"])
-            for name, metric in HISTOGRAMS.items()
+            name: HistogramMetricFamily(metric, help_text, labels=["queue"])
+            for name, (metric, help_text) in HISTOGRAMS.items()
         }
         for q in self.queues:
             depth.add_metric([q], next(answers))
@@ -112,15 +180,12 @@ class RedisCollector(Collector):
                 registry.add_metric([q, reg], next(answers))
             for name in HISTOGRAMS:
                 raw = {k.decode(): v.decode() for k, v in next(answers).items()}
-                cumulative, buckets = 0, []
-                for bound in [*map(str, DURATION_BUCKETS), "+Inf"]:
-                    cumulative += int(raw.get(bound, 0))
-                    buckets.append((bound, cumulative))
-                hists[name].add_metric([q], buckets, float(raw.get("sum", 0.0)))
+                hists[name].add_metric([q], _cumulative(raw, DURATION_BUCKETS), float(raw.get("sum", 0.0)))
         yield depth
         yield registry
         yield from hists.values()
-        yield GaugeMetricFamily("zimg_workers", "RQ workers alive (all queues)", value=next(answers))
+        yield GaugeMetricFamily("zimg_workers", "Read from Redis: RQ workers alive (all queues)", value=next(answers))
+        yield http_family(next(answers))
 
 
 def queue_registry(connection: redis.Redis, queues: Sequence[str]) -> CollectorRegistry:
@@ -134,27 +199,117 @@ def exposition(connection: redis.Redis, queues: Sequence[str]) -> tuple[bytes, s
     return generate_latest(queue_registry(connection, queues)), CONTENT_TYPE_LATEST
 
 
-class InferenceMetrics:
-    """The inference server's own metrics: batch sizes and generation time, in its own registry."""
+class BusyWindow:
+    """How much of the last ``window_s`` seconds something (the GPU backend) was busy.
 
-    def __init__(self) -> None:
+    The batcher wraps each generation in ``with busy:``; a scrape reads :meth:`ratio`.
+    Intervals older than the window are dropped, so memory stays bounded by the number
+    of batches in one window. A generation still running counts up to now.
+    """
+
+    def __init__(self, window_s: float = GPU_BUSY_WINDOW_S, clock: Callable[[], float] = time.monotonic):
+        self.window_s = window_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._done: deque[tuple[float, float]] = deque()
+        self._running: dict[int, float] = {}
+
+    def __enter__(self) -> BusyWindow:
+        with self._lock:
+            self._running[threading.get_ident()] = self.clock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            started = self._running.pop(threading.get_ident(), None)
+            if started is not None:
+                self._done.append((started, self.clock()))
+
+    def ratio(self) -> float:
+        """Busy seconds within the window / the window (overlapping generations are merged)."""
+        now = self.clock()
+        since = now - self.window_s
+        with self._lock:
+            while self._done and self._done[0][1] < since:
+                self._done.popleft()
+            spans = sorted([*self._done, *((t, now) for t in self._running.values())])
+        busy, cursor = 0.0, since
+        for start, end in spans:
+            start = max(start, cursor)
+            if end > start:
+                busy += end - start
+                cursor = end
+        return min(1.0, busy / self.window_s)
+
+
+#: The inference server's answers to ``POST /v1/generate``, by ``outcome`` label.
+OUTCOMES = ("ok", "invalid", "unauthorized", "out_of_memory", "busy", "expired", "cancelled", "error")
+
+
+class InferenceMetrics:
+    """The inference server's own metrics, in its own registry, served at its ``GET /metrics``.
+
+    Everything here is measured by the inference server itself (names start ``zimg_inference_``,
+    plus ``zimg_gpu_busy_ratio``); what the worker measures of the same calls is
+    ``zimg_job_inference_seconds`` in the web API's ``/metrics``.
+    """
+
+    def __init__(self, backend: str = "unknown", *, queue_length: Callable[[], float] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.batch_size = Histogram(
-            "zimg_inference_batch_size", "Size of the batch each request was generated in",
+            "zimg_inference_batch_size",
+            "Measured by the inference server: requests in each generated batch, one observation per request "
+            "(so it answers 'in what batch size was the typical image made')",
             buckets=BATCH_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.batches = Histogram(
+            "zimg_inference_batch_seconds",
+            "Measured by the inference server: seconds the backend spent generating one batch",
+            buckets=DURATION_BUCKETS, registry=self.registry,
+        )  # fmt: skip
         self.seconds = Histogram(
-            "zimg_inference_request_seconds", "Time from arrival to image, per request",
+            "zimg_inference_request_seconds",
+            "Measured by the inference server: seconds from a request's arrival to its image (its queue + "
+            "generation), per answered request; the worker's round trip is zimg_job_inference_seconds",
             buckets=DURATION_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.requests = Counter(
-            "zimg_inference_requests", "Generate requests by outcome", ["outcome"], registry=self.registry
+            "zimg_inference_requests",
+            "Measured by the inference server: POST /v1/generate answers by outcome (ok, invalid = 4xx, "
+            "unauthorized, out_of_memory, busy = 503, expired = deadline passed in its queue, cancelled, error)",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        for outcome in OUTCOMES:  # every outcome exists from the start: rate() and alerts see a 0, not nothing
+            self.requests.labels(outcome)
+        self.queue_length = Gauge(
+            "zimg_inference_queue_length",
+            "Measured by the inference server: requests waiting for the backend (not yet in a batch)",
+            registry=self.registry,
         )
+        self.queue_length.set_function(queue_length or (lambda: 0.0))
+        self.gpu = BusyWindow()
+        self.gpu_busy = Gauge(
+            "zimg_gpu_busy_ratio",
+            f"Measured by the inference server: share of the last {GPU_BUSY_WINDOW_S:.0f} s its backend was "
+            "generating (0-1); with the sim backend this is simulated time, see zimg_inference_backend_info",
+            registry=self.registry,
+        )
+        self.gpu_busy.set_function(self.gpu.ratio)
+        self.backend = Info(
+            "zimg_inference_backend", "Measured by the inference server: its backend (sim is the simulator)",
+            registry=self.registry,
+        )  # fmt: skip
+        self.backend.info({"backend": backend})
 
     def observe(self, batch_size: int, seconds: float) -> None:
+        """One request answered with an image."""
         self.batch_size.observe(batch_size)
         self.seconds.observe(seconds)
         self.requests.labels("ok").inc()
+
+    def outcome(self, outcome: str) -> None:
+        """One request answered without an image (``outcome`` is one of :data:`OUTCOMES`)."""
+        self.requests.labels(outcome).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

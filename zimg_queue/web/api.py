@@ -27,6 +27,7 @@ from ..settings import PRIORITIES
 from .auth import guard
 from .body import ApiError, read_json_object
 from .extension import WebState, get_state
+from .telemetry import job_meta
 
 bp = Blueprint("zimg_queue", __name__)
 bp.before_request(guard(lambda: get_state().settings.secret("api_token")))
@@ -107,7 +108,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
             errors.extend(exc.errors)
     if errors or req is None or job_opts is None:
         raise ApiError.invalid(ValidationError(errors))
-    job_id = state.producer.enqueue_prepared(req, job_opts, job_id=key, priority=priority)
+    job_id = state.producer.enqueue_prepared(req, job_opts, job_id=key, priority=priority, meta=job_meta())
     status = "queued"
     if key is not None:  # maybe an earlier job with this key: answer with its real status
         raw = state.producer.connection.hget(Job.key_for(job_id), "status")
