@@ -230,11 +230,14 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from .gpus import parse_gpus
     from .stack import Stack
 
     has_web = importlib.util.find_spec("zimg_queue.web") is not None
-    workers = args.workers or (16 if _settings(args).model else 2)
+    gpus = parse_gpus(args.gpus if args.gpus is not None else _settings(args).gpus)
+    workers = args.workers or (16 if _settings(args).model else 2) * max(1, len(gpus))  # the default is per GPU
     stack = Stack(_settings(args), workers=workers, web=has_web and not args.no_web, web_port=args.web_port)
+    stack.gpus = gpus
     stack.inference_port = args.inference_port
     stopping = False
 
@@ -333,7 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
         "full batch is always waiting when the GPU frees up (measured: 0.72 -> 0.93 of ideal throughput)",
     )
     p.add_argument("--web-port", type=int, default=8000)
-    p.add_argument("--inference-port", type=int, default=7860)
+    p.add_argument("--inference-port", type=int, default=7860, help="with --gpus, GPU i serves on this port + i")
+    p.add_argument(
+        "--gpus",
+        help="`0,1,...` or `all` (default $ZIMG_GPUS): one inference server per GPU, the workers spread over them "
+        "(--workers is then the total; its default is per GPU)",
+    )
     p.add_argument("--no-web", action="store_true")
     p.add_argument("--demo", action="store_true", help="run one demo job, print its path, stop")
     p.add_argument("--demo-prompt", default="a cat on a windowsill")

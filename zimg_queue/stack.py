@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .gpus import GpuServer, layout
 from .processes import stop_processes, wait_http
 from .redis_server import EmbeddedRedis, resolve_redis_url
 from .settings import Settings
@@ -27,6 +29,11 @@ class Stack:
     inference_port: int = 7860
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
+    #: ``--gpus``: one inference server per GPU id (``CUDA_VISIBLE_DEVICES``), workers spread over them.
+    gpus: list[str] = field(default_factory=list)
+    restarts: dict[str, int] = field(default_factory=dict)  # GPU inference server name -> times restarted
+    _restart_due: dict[str, float] = field(default_factory=dict)
+    _gpu_servers: dict[str, tuple[str, GpuServer]] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -36,18 +43,23 @@ class Stack:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "zimg_queue.cli", *args], env=self.env())
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "zimg_queue.cli", *args], env={**self.env(), **(env or {})})
         self.processes[name] = proc
         return proc
 
     def start(self) -> Stack:
         url, self.redis = resolve_redis_url(self.settings.redis_url, self.settings.data_dir)
-        self.settings = self.settings.with_(redis_url=url, inference_url=f"http://127.0.0.1:{self.inference_port}")
+        servers = layout(self.gpus, self.inference_port, self.workers) if self.gpus else []
+        inference_url = ",".join(s.url for s in servers) or f"http://127.0.0.1:{self.inference_port}"
+        self.settings = self.settings.with_(redis_url=url, inference_url=inference_url)
         backend = "zimage" if self.settings.model else "sim"
-        self.spawn("inference", "inference-server", "--backend", backend, "--port", str(self.inference_port))
-        wait_http(f"{self.settings.inference_url}/healthz", self.processes["inference"], timeout=600)
-        self.spawn("worker", "worker", "--processes", str(self.workers))
+        if servers:
+            self.start_gpus(backend, servers)
+        else:
+            self.spawn("inference", "inference-server", "--backend", backend, "--port", str(self.inference_port))
+            wait_http(f"{self.settings.inference_url}/healthz", self.processes["inference"], timeout=600)
+            self.spawn("worker", "worker", "--processes", str(self.workers))
         from .schedules import has_schedules
 
         if has_schedules():  # [schedules] in $ZIMG_PRESETS: run them on RQ's CronScheduler
@@ -66,8 +78,47 @@ class Stack:
             urls["dashboard"] = f"http://127.0.0.1:{self.web_port}/rq/"
         return urls
 
+    def start_gpus(self, backend: str, servers: list[GpuServer]) -> None:
+        """One inference server per GPU, all loading at once; then each GPU's share of the workers."""
+        self._gpu_servers = {f"inference-{s.gpu}": (backend, s) for s in servers}
+        for name in self._gpu_servers:
+            self.spawn_gpu_server(name)
+        for name, (_, server) in self._gpu_servers.items():
+            wait_http(f"{server.url}/healthz", self.processes[name], timeout=600)
+        for server in servers:
+            if server.workers:  # its own GPU's server first, the others for failover
+                args = ("worker", "--processes", str(server.workers))
+                self.spawn(f"worker-{server.gpu}", *args, env={"ZIMG_INFERENCE_URL": ",".join(server.urls)})
+
+    def spawn_gpu_server(self, name: str) -> subprocess.Popen:
+        backend, server = self._gpu_servers[name]
+        args = ("inference-server", "--backend", backend, "--port", str(server.port))
+        return self.spawn(name, *args, env={"CUDA_VISIBLE_DEVICES": server.gpu})
+
     def dead(self) -> list[str]:
-        return [name for name, p in self.processes.items() if p.poll() is not None]
+        """Processes that exited, so the stack stops. A GPU's inference server is restarted instead.
+
+        While it is down the workers keep it out of rotation and send its jobs to the
+        other GPUs (``workers.inference_pool``); restarts back off from 2 s to 60 s.
+        """
+        out = []
+        for name, proc in list(self.processes.items()):
+            if proc.poll() is None:
+                continue
+            if name not in self._gpu_servers:
+                out.append(name)
+                continue
+            count, due = self.restarts.get(name, 0), self._restart_due.get(name)
+            if due is None:  # newly dead: schedule the restart
+                delay = min(60.0, 2.0 * 2**count)
+                print(f"{name} exited ({proc.returncode}); its jobs go to the other GPUs; restart in {delay:g} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                self._restart_due[name] = time.monotonic() + delay
+            elif time.monotonic() >= due:
+                del self._restart_due[name]
+                self.restarts[name] = count + 1
+                self.spawn_gpu_server(name)
+        return out
 
     def stop(self) -> None:
         stop_processes(*self.processes.values())
