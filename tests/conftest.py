@@ -165,13 +165,16 @@ def redis_conn(redis_server: EmbeddedRedis) -> redis.Redis:
 
 @pytest.fixture
 def settings(redis_conn: redis.Redis, redis_server: EmbeddedRedis, tmp_path: Path) -> Settings:
-    """Settings for one test: the session Redis (flushed), a fresh image folder, a free inference port."""
+    """Settings for one test: the session Redis (flushed), a fresh image folder, a free inference port.
+
+    Everything else is the shipped default (retry intervals, lease, outage budget): tests test what ships.
+    A test that needs another value sets it with ``settings.with_(...)`` or a worker env var, and says why.
+    """
     return Settings(
         redis_url=redis_server.url,
         inference_url=f"http://127.0.0.1:{free_port()}",
         data_dir=str(tmp_path / "data"),
         image_dir=str(tmp_path / "images"),
-        retry_intervals=(0.0, 0.0, 0.0),
     )
 
 
