@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -78,3 +79,33 @@ def test_workers_on_two_hosts_share_one_bucket(s3, procs, producer: Producer, tm
     assert again["result"]["cache_hit"] is True and again["result"]["url"]
     assert Path(again["result"]["path"]).parent == (tmp_path / "host-b").resolve()
     assert again["result"]["sha256"] == result["sha256"]
+
+
+def test_web_host_without_the_file_redirects_to_the_bucket(s3, procs, producer: Producer, web, tmp_path):
+    """Issue 15: a web service on another host than the worker answered the image route with 404."""
+    procs.inference(latency_a="0", latency_b="0")
+    procs.worker(**{k.lower(): v for k, v in s3.items()}, zimg_image_dir=str(tmp_path / "gpu-host"))
+    status = producer.wait(producer.enqueue("a red lantern", width=64, height=64, seed=5), timeout=30)
+    assert status["status"] == "finished", status
+    result = status["result"]
+
+    other_host = web(**s3, ZIMG_IMAGE_DIR=str(tmp_path / "web-host"))  # its own, empty image folder
+    image_url = requests.get(f"{other_host.url}/v1/jobs/{status['id']}", timeout=10).json()["result"]["image_url"]
+    answer = requests.get(f"{other_host.url}{image_url}", timeout=10, allow_redirects=False)
+    assert answer.status_code == 302, answer.text
+    assert answer.headers["Location"].startswith(s3["ZIMG_S3_ENDPOINT_URL"] + "/posters/" + result["object_key"])
+    image = requests.get(f"{other_host.url}{image_url}", timeout=10)  # following the redirect, as a browser does
+    assert image.status_code == 200 and hashlib.sha256(image.content).hexdigest() == result["sha256"]
+    assert not (tmp_path / "web-host").exists() or not any((tmp_path / "web-host").iterdir())
+
+    # The same web host without the bucket settings cannot know where the file went: the old 404.
+    local_only = web(ZIMG_IMAGE_DIR=str(tmp_path / "web-host"))
+    missing = requests.get(f"{local_only.url}{image_url}", timeout=10, allow_redirects=False)
+    assert missing.status_code == 404 and missing.json()["error"] == "image_missing", missing.text
+
+
+def test_only_keys_the_store_writes_are_signed(s3):
+    store = ObjectStore.from_env(s3)
+    assert store.owns("images/" + "ab" * 32 + ".png") and store.owns("images/" + "ab" * 32 + ".jpg")
+    for bad in ("images/../secret.png", "other/" + "ab" * 32 + ".png", "images/" + "ab" * 32 + ".exe", "images/x"):
+        assert not store.owns(bad), bad

@@ -17,6 +17,7 @@ chain), ``ZIMG_S3_REGION``, ``ZIMG_S3_PREFIX`` (default ``images/``),
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from zimg_queue.settings import Settings
 from .storage import EXTENSIONS, ImageStore
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_OBJECT_NAME = re.compile(r"^[0-9a-f]{64}\.(" + "|".join(EXTENSIONS.values()) + r")$")
 
 
 class ObjectStore:
@@ -59,9 +61,15 @@ class ObjectStore:
     def from_env(cls, env: dict[str, str] | None = None) -> ObjectStore:
         """From ``Settings`` (``ZIMG_S3_*``); ``env`` replaces the environment (tests)."""
         s = Settings() if env is None else Settings.from_env(env)
+        aws_region = os.environ.get("AWS_REGION") if env is None else env.get("AWS_REGION")
+        return cls.from_settings(s, aws_region=aws_region)
+
+    @classmethod
+    def from_settings(cls, s: Settings, *, aws_region: str | None = None) -> ObjectStore:
+        """From given ``Settings`` (a web app's ``app.config`` ones, say); credentials come from boto3's chain."""
         if not s.s3_bucket:
             raise RuntimeError("ZIMG_STORAGE=s3 needs ZIMG_S3_BUCKET")
-        aws_region = os.environ.get("AWS_REGION") if env is None else env.get("AWS_REGION")
+        aws_region = aws_region or os.environ.get("AWS_REGION")
         return cls(
             s.s3_bucket,
             endpoint_url=s.s3_endpoint_url,
@@ -101,6 +109,11 @@ class ObjectStore:
                 return None
             raise
         return obj["Body"].read()
+
+    def owns(self, object_key: str) -> bool:
+        """True for a key this store could have written: ``<prefix><sha256>.<ext>``, nothing else (no user paths)."""
+        name = object_key[len(self.prefix) :] if object_key.startswith(self.prefix) else ""
+        return bool(_OBJECT_NAME.match(name))
 
     def url(self, object_key: str) -> str:
         if self.public_url:

@@ -160,6 +160,11 @@ def get_image(job_id: str) -> Response:
         raise ApiError(404, "not_ready", f"job is {status['status']}, not finished", status=status["status"])
     path = result.get("path")
     if not isinstance(path, str) or not ImageStore(get_state().images_path).owns(path):
+        from .bucket import bucket_redirect  # S3 mode: the file is on a GPU host, the object in the bucket
+
+        found = bucket_redirect(result, get_state().settings)
+        if found is not None:
+            return found
         raise ApiError(404, "image_missing", "the job's image is no longer stored")
     mimetype = CONTENT_TYPES.get(str(result.get("format"))) or mimetypes.guess_type(path)[0]
     response = send_file(path, mimetype=mimetype or "application/octet-stream", conditional=True, max_age=86400)

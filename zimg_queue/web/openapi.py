@@ -192,6 +192,7 @@ def document(server_url: str = "/") -> dict[str, Any]:
                             "description": "The image",
                             "content": {f"image/{f}": {} for f in ("png", "jpeg", "webp")},
                         },
+                        "302": {"description": "ZIMG_STORAGE=s3: the image in the bucket (presigned or public URL)"},
                         **_errors(401, 404),
                     },
                 },
