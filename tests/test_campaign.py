@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from zimg_queue import campaign
 from zimg_queue.queue import Producer
@@ -101,7 +104,7 @@ def test_campaign_is_one_group_writes_a_manifest_and_reruns_idempotently(procs, 
 def test_failed_jobs_are_requeued_by_a_rerun(procs, producer: Producer, tmp_path):
     worker_down = tmp_path / "p.txt"
     worker_down.write_text("one\ntwo\n")
-    procs.worker(zimg_max_retries="0")  # no inference server yet: both fail
+    procs.worker(zimg_max_retries="0", zimg_outage_budget="0")  # no inference server yet, no outage wait: both fail
     first = campaign.run(producer, "retry-me", worker_down, timeout=30)
     assert first["counts"] == {"failed": 2} and "could not be reached" in first["rows"][0]["error"]
     procs.inference(latency_a="0", latency_b="0")
@@ -109,13 +112,82 @@ def test_failed_jobs_are_requeued_by_a_rerun(procs, producer: Producer, tmp_path
     assert second["run"]["requeued"] == 2 and second["counts"] == {"finished": 2}
 
 
-def test_invalid_item_names_item_and_preset_and_enqueues_nothing(producer: Producer, presets, tmp_path):
+def test_every_invalid_item_is_named_by_file_line_key_and_preset_and_nothing_is_enqueued(
+    producer: Producer, presets, tmp_path
+):
     producer.presets_path = str(presets)
     bad = tmp_path / "bad.csv"
-    bad.write_text("sku,title\nA,hat\nB,\n")
-    with pytest.raises(ValidationError, match=r"B/square: placeholders.title"):
+    bad.write_text("sku,title\nA,hat\nB,\nC,\n")
+    with pytest.raises(ValidationError) as caught:
         campaign.Campaign(producer, "bad", campaign.load_items(bad), ["square"]).start()
+    fields = [e["field"] for e in caught.value.errors]
+    assert fields == [
+        "bad.csv line 3 (B), preset square: placeholders.title",
+        "bad.csv line 4 (C), preset square: placeholders.title",
+    ]  # every bad item at once, not just the first
     assert producer.queue().count == 0
+
+
+def test_plain_text_and_jsonl_items_are_named_by_line_and_every_bad_line_is_reported(producer: Producer, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# my prompts\na lighthouse\n\na bowl of ramen\na lighthouse\n")
+    with pytest.raises(ValidationError) as caught:
+        campaign.Campaign(producer, "dup", campaign.load_items(prompts)).start()
+    assert str(caught.value) == "prompts.txt line 5: has the same content as prompts.txt line 2: remove one"
+
+    jsonl = tmp_path / "items.jsonl"
+    jsonl.write_text(
+        '{"prompt": "ok"}\n{"prompt": \n[1]\n{"prompt": "x", "width": 100}\n{"prompt": "y", "height": 7}\n'
+    )
+    with pytest.raises(ValidationError) as caught:
+        campaign.load_items(jsonl)
+    assert [e["field"] for e in caught.value.errors] == ["items.jsonl line 2", "items.jsonl line 3"]
+    jsonl.write_text('{"prompt": "ok"}\n{"prompt": "x", "width": 100}\n{"prompt": "y", "height": 7}\n')
+    with pytest.raises(ValidationError) as caught:
+        campaign.Campaign(producer, "j", campaign.load_items(jsonl)).start()
+    assert [e["field"] for e in caught.value.errors] == ["items.jsonl line 2: width", "items.jsonl line 3: height"]
+    assert producer.queue().count == 0
+
+
+def test_the_progress_bar_draws_on_a_terminal_only():
+    class Stream(io.StringIO):
+        def __init__(self, tty: bool):
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    state = {"total": 4, "done": 2, "counts": {"finished": 2}, "complete": False}
+    for tty, drawn in ((True, True), (False, False)):
+        stream = Stream(tty)
+        campaign.progress_bar(stream)(state)
+        assert ("\r[" in stream.getvalue() and "2/4" in stream.getvalue()) is drawn
+        assert bool(stream.getvalue()) is drawn
+
+
+def test_readme_daily_posters_commands_work_with_workers_that_have_no_presets(procs, tmp_path):
+    """The README's commands as written: ZIMG_PRESETS exported for `zimg batch` only; the workers never see it."""
+    procs.inference(latency_a="0", latency_b="0")
+    procs.worker(2)  # no ZIMG_PRESETS, no ZIMG_WATERMARK_DIR: the watermark must travel with the job
+    env = {**procs.env(), "ZIMG_PRESETS": "examples/daily_posters/presets.toml"}
+    args = ["batch", "examples/daily_posters/products.csv", "--campaign", "spring-drop", "--manifest"]
+    out = subprocess.run([sys.executable, "-m", "zimg_queue.cli", *args, str(tmp_path / "posters.csv")], env=env,
+                         capture_output=True, text=True, timeout=180, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = list(csv.DictReader((tmp_path / "posters.csv").open()))
+    assert len(rows) == 9 and {r["status"] for r in rows} == {"finished"}, rows
+    assert {Path(r["path"]).suffix for r in rows} == {".jpg", ".webp"}
+    brand = (ROOT / "examples" / "daily_posters" / "brand.png").read_bytes()
+    job = Job.fetch("spring-drop__TS-001__main", connection=procs_conn(procs), serializer=JSONSerializer)
+    assert job.args[1]["postprocess"]["watermark"]["sha256"] == hashlib.sha256(brand).hexdigest()
+    assert "\r" not in out.stderr  # no progress bar in a pipe
+
+
+def procs_conn(procs):
+    import redis
+
+    return redis.Redis.from_url(procs.settings.redis_url)
 
 
 def test_zimg_batch_command_with_presets_and_without(procs, presets, items, tmp_path):
@@ -128,7 +200,7 @@ def test_zimg_batch_command_with_presets_and_without(procs, presets, items, tmp_
     assert out.returncode == 0, out.stderr
     manifest = json.loads((tmp_path / "m.json").read_text())
     assert manifest["counts"] == {"finished": 4} and manifest["total"] == 4
-    assert "4/4" in out.stderr  # the progress bar
+    assert "\r" not in out.stderr  # stderr is a pipe here: no progress bar, the summary says it all
     summary = out.stdout.splitlines()
     assert summary[0].split()[:3] == ["item", "preset", "status"]  # then one line per job, with its image path
     paths = [Path(line.split()[-1]) for line in summary[1:] if " finished " in line]

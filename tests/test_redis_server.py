@@ -6,7 +6,9 @@ from pathlib import Path
 
 import redis
 
-from zimg_queue.redis_server import EmbeddedRedis, free_port, resolve_redis_url
+from zimg_queue.connection import RedisChoice, resolve_redis_url
+from zimg_queue.redis_server import EmbeddedRedis, free_port, stack_redis
+from zimg_queue.settings import DEFAULT_REDIS_URL, Settings
 
 
 def test_embedded_redis_uses_aof_and_keeps_data_across_a_kill(tmp_path: Path):
@@ -29,17 +31,19 @@ def test_embedded_redis_uses_aof_and_keeps_data_across_a_kill(tmp_path: Path):
 
 
 def test_an_explicit_url_starts_nothing(tmp_path: Path):
-    assert resolve_redis_url("redis://example:6379/0", tmp_path) == ("redis://example:6379/0", None)
+    assert stack_redis("redis://example:6379/0", tmp_path) == ("redis://example:6379/0", None)
 
 
-def test_with_nothing_on_the_default_port_a_private_server_is_started(tmp_path: Path, monkeypatch):
-    import zimg_queue.redis_server as rs
-
-    monkeypatch.setattr(rs, "DEFAULT_URL", f"redis://127.0.0.1:{free_port()}/0")  # a port where nothing listens
-    url, server = rs.resolve_redis_url(None, tmp_path)
+def test_zimg_up_without_a_url_starts_a_private_server_and_clients_find_it(tmp_path: Path):
+    """Never an unasked 127.0.0.1:6379 (it may be someone else's): a private server, recorded for clients."""
+    url, server = stack_redis(None, tmp_path)
     try:
-        assert server is not None and url == server.url and url != rs.DEFAULT_URL
-        assert redis.Redis.from_url(url).ping()
-        assert (tmp_path / "redis").is_dir()
+        assert server is not None and url == server.url and not url.endswith(":6379/0")
+        assert redis.Redis.from_url(url).ping() and (tmp_path / "redis").is_dir()
+        choice = resolve_redis_url(Settings(data_dir=str(tmp_path)))  # a client with no ZIMG_REDIS_URL
+        assert choice.url == url and "zimg up" in choice.source
     finally:
         server.stop()
+    assert not (tmp_path / "redis" / "url").exists()  # the record goes with the server
+    choice = resolve_redis_url(Settings(data_dir=str(tmp_path)))
+    assert choice == RedisChoice(DEFAULT_REDIS_URL, "the default: ZIMG_REDIS_URL is not set")

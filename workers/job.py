@@ -20,7 +20,7 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
-from zimg_queue.options import JobOptions, resolve_watermark
+from zimg_queue.options import JobOptions
 from zimg_queue.request import GenerateRequest, ValidationError
 from zimg_queue.settings import Settings
 from zimg_queue.status import now_iso
@@ -76,7 +76,9 @@ def generate(request: dict[str, Any], options: dict[str, Any] | None = None) -> 
     try:
         opts = JobOptions.from_dict(options)
         if opts.postprocess is not None and opts.postprocess.watermark is not None:
-            resolve_watermark(opts.postprocess.watermark.name)  # before any GPU time is spent
+            from .postprocess import load_watermark
+
+            load_watermark(opts.postprocess.watermark)  # before any GPU time is spent (by content or by name)
         remote = object_store_for(opts.storage)
         if remote is not None:
             remote.fetch_into(ctx.store, req.key, req.output_format)  # another host may have made it already

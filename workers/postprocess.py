@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageOps
+from rq import get_current_job
 
+from zimg_queue import watermarks
 from zimg_queue.options import Postprocess, Watermark, resolve_watermark
+from zimg_queue.request import ValidationError
 
 from .imaging import encode
 from .storage import ImageStore
@@ -35,13 +38,46 @@ def _watermark_image(path: str, mtime: float) -> tuple[Image.Image, str]:
     return rgba, hashlib.sha256(data).hexdigest()
 
 
-def load_watermark(name: str) -> tuple[Image.Image, str]:
-    path = resolve_watermark(name)
+@lru_cache(maxsize=16)
+def _watermark_from_redis(digest: str, connection: Any) -> tuple[Image.Image, str] | None:
+    data = watermarks.fetch(connection, digest)
+    if data is None:
+        return None
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGBA"), digest
+
+
+def load_watermark(spec: Watermark | str) -> tuple[Image.Image, str]:
+    """The watermark as RGBA and its SHA-256: by content from Redis when the producer sent a digest, else by name.
+
+    With a digest, the worker needs none of the producer's configuration (``zimg_queue.watermarks``);
+    a name alone is resolved against this worker's ``ZIMG_PRESETS`` / ``ZIMG_WATERMARK_DIR``.
+    :class:`~zimg_queue.request.ValidationError` when neither finds it (the job fails without retries).
+    """
+    spec = Watermark(spec) if isinstance(spec, str) else spec
+    if spec.sha256:
+        job = get_current_job()
+        found = _watermark_from_redis(spec.sha256, job.connection) if job is not None else None
+        if found is not None:
+            return found
+        try:
+            path = resolve_watermark(spec.name)
+        except ValidationError:
+            raise ValidationError.single(
+                "postprocess.watermark",
+                f"watermark {spec.name!r} (sha256 {spec.sha256[:12]}...) is no longer in Redis and not configured "
+                "on this worker: enqueue the job again",
+            ) from None
+    else:
+        path = resolve_watermark(spec.name)
     return _watermark_image(str(path), path.stat().st_mtime)
 
 
 def derived_key(source_key: str, post: Postprocess, watermark_sha256: str | None, role: str = "final") -> str:
-    spec = {"source": source_key, "post": asdict(post), "watermark": watermark_sha256, "role": role}
+    post_spec = asdict(post)
+    if post_spec.get("watermark"):  # the image is named by watermark_sha256 below, however it arrived
+        post_spec["watermark"].pop("sha256", None)
+    spec = {"source": source_key, "post": post_spec, "watermark": watermark_sha256, "role": role}
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -104,7 +140,7 @@ def apply(
 
     Files already in the store are reused, so a retried or repeated job costs no Pillow work.
     """
-    mark, mark_sha = load_watermark(post.watermark.name) if post.watermark else (None, None)
+    mark, mark_sha = load_watermark(post.watermark) if post.watermark else (None, None)
     fmt = post.format or source_format
     key = derived_key(source_key, post, mark_sha)
 

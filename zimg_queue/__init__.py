@@ -24,8 +24,8 @@ __all__ = ["GenerateRequest", "Producer", "Settings", "ValidationError", "enqueu
 
 @lru_cache(maxsize=1)
 def default_producer() -> Producer:
-    """A producer for ``$ZIMG_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``)."""
-    return Producer(settings=Settings.from_env().with_default_redis())
+    """The producer ``Producer(settings=Settings.from_env())`` would make: the same Redis, chosen the same way."""
+    return Producer(settings=Settings.from_env())
 
 
 def enqueue(request: Any, **fields: Any) -> str:

@@ -56,27 +56,70 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def load_items(path: str | Path) -> list[dict[str, Any]]:
+class Items(list):
+    """Rows read from a file, with where each came from: ``lines[i]`` is row ``i``'s line in ``source``.
+
+    A plain ``list`` of rows works everywhere too; then items are named ``item N``.
+    """
+
+    source: str = ""
+    lines: list[int]
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), source: str = "", lines: Sequence[int] = ()):
+        super().__init__(rows)
+        self.source = source
+        self.lines = list(lines)
+
+
+def _jsonl(text: str, name: str) -> Items:
+    rows, lines, errors = [], [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append({"field": f"{name} line {n}", "message": f"not valid JSON ({exc.msg}, column {exc.colno})"})
+            continue
+        if not isinstance(row, dict):
+            errors.append({"field": f"{name} line {n}", "message": "must be a JSON object"})
+            continue
+        rows.append(row)
+        lines.append(n)
+    if errors:  # every bad line at once
+        raise ValidationError(errors)
+    return Items(rows, name, lines)
+
+
+def load_items(path: str | Path) -> Items:
     """Rows of a ``.csv`` (header row), ``.jsonl`` (one object per line), ``.json`` (a list) or text file.
 
-    A text file is one prompt per line (blank lines and ``#`` comments skipped).
+    A text file is one prompt per line (blank lines and ``#`` comments skipped). The result
+    remembers each row's line, so errors and summaries can say ``prompts.txt line 3``.
     """
     p = Path(path)
-    text = p.read_text(encoding="utf-8-sig")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {p} (give the path of a CSV, JSONL or text file of prompts)") from None
     suffix = p.suffix.lower()
     if suffix == ".csv":
-        return [
-            {k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(text.splitlines())
-        ]
+        reader = csv.DictReader(text.splitlines())
+        rows, lines = [], []
+        for row in reader:
+            rows.append({k.strip(): (v or "").strip() for k, v in row.items() if k})
+            lines.append(reader.line_num)
+        return Items(rows, p.name, lines)
     if suffix in (".jsonl", ".ndjson"):
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif suffix == ".json":
-        rows = json.loads(text)
-    else:
-        return [{"prompt": line.strip()} for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise ValidationError.single("items", f"{p.name}: every item must be a JSON object")
-    return rows
+        return _jsonl(text, p.name)
+    if suffix == ".json":
+        data = json.loads(text)
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise ValidationError.single("items", f"{p.name}: must be a JSON list of objects")
+        return Items(data, p.name)
+    numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)]
+    kept = [(n, line) for n, line in numbered if line and not line.startswith("#")]
+    return Items([{"prompt": line} for _, line in kept], p.name, [n for n, _ in kept])
 
 
 def item_key(row: Mapping[str, Any]) -> str:
@@ -85,6 +128,24 @@ def item_key(row: Mapping[str, Any]) -> str:
         if str(row.get(column) or "").strip():
             return str(row[column]).strip()
     return _digest(json.dumps(row, sort_keys=True, ensure_ascii=False))[:12]
+
+
+def item_label(row: Mapping[str, Any], index: int, items: Sequence[Any]) -> str:
+    """What a person calls the item: its key column, else ``line N`` of its file, else ``item N``."""
+    for column in KEY_COLUMNS:
+        if str(row.get(column) or "").strip():
+            return str(row[column]).strip()
+    lines = getattr(items, "lines", None)
+    return f"line {lines[index]}" if lines and index < len(lines) else f"item {index + 1}"
+
+
+def _where(items: Sequence[Any], index: int, label: str, preset: str | None) -> str:
+    """``products.csv line 2 (TS-001), preset main``: how an error names an item."""
+    source, lines = getattr(items, "source", ""), getattr(items, "lines", None)
+    place = f"{source} line {lines[index]}" if source and lines and index < len(lines) else label
+    if not place.endswith(label):
+        place += f" ({label})"
+    return f"{place}, preset {preset}" if preset else place
 
 
 def job_id_for(campaign: str, key: str, preset: str | None) -> str:
@@ -119,6 +180,8 @@ class Entry:
     item: str
     preset: str | None
     job_id: str
+    #: How errors name this entry (file, line, key, preset).
+    where: str = ""
 
 
 @dataclass
@@ -142,14 +205,19 @@ class Campaign:
 
     def plan(self) -> tuple[list[Entry], list[dict[str, Any] | None], list[dict[str, Any]]]:
         entries, requests, options = [], [], []
-        seen: set[str] = set()
-        for row in self.items:
-            key = item_key(row)
+        seen: dict[str, str] = {}
+        duplicates: list[dict[str, str]] = []
+        for index, row in enumerate(self.items):
+            key, label = item_key(row), item_label(row, index, self.items)
+            where = _where(self.items, index, label, None)
             if key in seen:
-                raise ValidationError.single("items", f"two items have the key {key!r}")
-            seen.add(key)
+                same = "key" if label == key else "content"
+                duplicates.append({"field": where, "message": f"has the same {same} as {seen[key]}: remove one"})
+                continue
+            seen[key] = where
             for preset in self.presets or [None]:
-                entries.append(Entry(key, preset, job_id_for(self.name, key, preset)))
+                job_id = job_id_for(self.name, key, preset)
+                entries.append(Entry(label, preset, job_id, _where(self.items, index, label, preset)))
                 if preset is None:
                     requests.append({"seed": _seed(key, None), **_request_row(row)})
                     options.append(dict(self.options))
@@ -159,6 +227,8 @@ class Campaign:
                     values = {k: v for k, v in row.items() if k in spec.placeholders}
                     requests.append({} if "seed" in spec.fields else {"seed": _seed(key, preset)})
                     options.append({**self.options, "preset": preset, "placeholders": values})
+        if duplicates:
+            raise ValidationError(duplicates)
         return entries, requests, options
 
     def start(self) -> dict[str, Any]:
@@ -179,12 +249,12 @@ class Campaign:
                 priority=self.priority,
                 group_id=self.name,
             )
-        except ValidationError as exc:  # name the item and preset, not the index among the missing ones
+        except ValidationError as exc:  # name the file, line, item and preset, not the index among the missing ones
             errors = []
             for e in exc.errors:
                 index, _, rest = e["field"].partition("].")
                 entry = entries[todo[int(index.lstrip("["))]]
-                errors.append({**e, "field": f"{entry.item}/{entry.preset or '-'}: {rest}"})
+                errors.append({**e, "field": f"{entry.where}: {rest}"})
             raise ValidationError(errors) from None
         for job_id in retry:
             Job.fetch(job_id, connection=conn, serializer=JSONSerializer).requeue()
@@ -289,12 +359,18 @@ def wait(
 
 
 def progress_bar(stream: Any = None, width: int = 30) -> Callable[[dict[str, Any]], None]:
-    """An ``on_progress`` that draws ``[#####-----] 12/150 finished 11 failed 1`` on one line."""
+    """An ``on_progress`` that draws ``[#####-----] 12/150 finished 11 failed 1`` on one line, on a terminal only."""
     import sys
 
     out = stream or sys.stderr
+    try:
+        terminal = out.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
 
     def draw(state: dict[str, Any]) -> None:
+        if not terminal:  # a log file or a pipe gets the summary at the end, never \r sequences
+            return
         total = max(1, state["total"])
         filled = int(width * state["done"] / total)
         counts = " ".join(f"{k} {v}" for k, v in sorted(state["counts"].items()))
@@ -311,7 +387,7 @@ def run(
     on_progress: Callable[[dict[str, Any]], None] | None = None, wait_for_end: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """The whole campaign in one call: enqueue, wait, write the manifest; returns the manifest."""
-    rows = load_items(items) if isinstance(items, (str, Path)) else list(items)
+    rows = load_items(items) if isinstance(items, (str, Path)) else items if isinstance(items, Items) else list(items)
     started = Campaign(producer, name, rows, list(presets), dict(options or {})).start()
     if wait_for_end:
         wait(producer.connection, name, timeout=timeout, on_progress=on_progress)

@@ -11,24 +11,46 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+
+from .commands.jobs import cmd_cancel, cmd_generate, cmd_status
 from .logs import configure_logging
 from .request import ValidationError
 from .settings import Settings, SettingsError
 
+REDIS_URL_HELP = (
+    "the Redis to use (before or after the subcommand); default $ZIMG_REDIS_URL (environment, .env), "
+    "else a running `zimg up`'s private Redis, else redis://127.0.0.1:6379/0 with a warning"
+)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zimg-queue")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(redis_url=getattr(args, "redis_url", None))
+    """The ``ZIMG_*`` settings, with ``--redis-url`` (before or after the subcommand) as the Redis URL if given."""
+    settings = Settings.from_env()
+    flag = getattr(args, "redis_url", None)
+    return settings.with_(redis_url=flag) if flag else settings
+
+
+def _redis_settings(args: argparse.Namespace) -> Settings:
+    """Settings with the Redis every entry point agrees on (``zimg_queue.connection.resolve_redis_url``)."""
+    return Settings.from_env().with_default_redis(flag=getattr(args, "redis_url", None))
 
 
 def _producer(args: argparse.Namespace):
-    """A :class:`Producer` on Redis, or with ``--api URL`` an :class:`ApiClient` with the same calls."""
-    if getattr(args, "api", None):
-        from .web.client import ApiClient
+    """A :class:`Producer` on Redis (checked to answer), or with ``--api URL`` an :class:`ApiClient`."""
+    from .commands.common import producer_for
 
-        return ApiClient(args.api)
-    from .queue import Producer
-
-    return Producer(settings=_settings(args).with_default_redis())
+    return producer_for(args)
 
 
 def cmd_inference_server(args: argparse.Namespace) -> int:
@@ -54,62 +76,18 @@ def cmd_inference_server(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from workers.worker import run
 
-    settings = _settings(args).with_default_redis()
+    settings = _redis_settings(args)
     run(settings, processes=args.processes, burst=args.burst, logging_level=settings.log_level.upper())
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    fields = {
-        k: v
-        for k, v in {
-            "width": args.width,
-            "height": args.height,
-            "seed": args.seed,
-            "output_format": args.format,
-            "negative_prompt": args.negative_prompt,
-            "num_inference_steps": args.steps,
-        }.items()
-        if v is not None
-    }
-    producer = _producer(args)
-    job_id = producer.enqueue(args.prompt, priority=args.priority, job_id=args.id, **fields)
-    if not args.wait:
-        print(job_id)
-        return 0
-    status = producer.wait(job_id, timeout=args.timeout)
-    if args.output and getattr(args, "api", None) and status["status"] == "finished":
-        print(producer.download(job_id, args.output))  # the path in the result is on the server
-        return 0
-    return _print_final(status, args.output)
-
-
-def _print_final(status: dict[str, Any], output: str | None = None) -> int:
-    if status["status"] == "finished":
-        path = status["result"]["path"]
-        if output:
-            import shutil
-
-            shutil.copyfile(path, output)
-            path = output
-        print(path)
-        return 0
-    print(f"job {status['id']} is {status['status']}: {status.get('error') or 'not done yet'}", file=sys.stderr)
-    return 1
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    print(json.dumps(_producer(args).status(args.id), indent=2))
-    return 0
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    print(json.dumps(_producer(args).cancel(args.id), indent=2))
-    return 0
-
-
 def cmd_web(args: argparse.Namespace) -> int:
+    import os
+
     from .web.serve import serve
+
+    if getattr(args, "redis_url", None):  # the app (in every gunicorn process) reads its settings from here
+        os.environ.update({"ZIMG_REDIS_URL": _redis_settings(args).redis_url or ""})
 
     serve(args.host, args.port, server=args.server, processes=args.processes, threads=args.threads)
     return 0
@@ -124,11 +102,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.api:
         return _batch_over_api(args)
     producer = _producer(args)
-    if args.presets:
-        producer.presets_path = str(Path(args.presets).resolve())
+    presets_file = args.presets or producer.settings.presets  # --presets, else $ZIMG_PRESETS
+    if presets_file:
+        producer.presets_path = str(Path(presets_file).resolve())
     name = args.campaign or campaign.slug(Path(args.file).stem)
     options = _batch_options(args)
-    if args.presets and not args.preset:
+    if presets_file and not args.preset:
         from .presets import load_presets
 
         args.preset = sorted(load_presets(producer.presets_path).presets)
@@ -149,11 +128,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
         f"{run['skipped']} already there); {data['counts']}",
         file=sys.stderr,
     )
+    if args.json:
+        print(json.dumps({k: v for k, v in data.items()}, indent=2, default=str))
+    elif args.no_wait:
+        return 0
+    else:
+        _print_summary(data["rows"])
+    if args.manifest and not args.json:
+        print(f"manifest: {args.manifest}")
     if args.no_wait:
         return 0
-    _print_summary(data["rows"])
-    if args.manifest:
-        print(f"manifest: {args.manifest}")
     return 0 if data["counts"].get("finished", 0) == data["total"] else 1
 
 
@@ -219,7 +203,7 @@ def _print_summary(rows: list[dict[str, Any]]) -> None:
 def cmd_cron(args: argparse.Namespace) -> int:
     from .schedules import run_cron
 
-    return run_cron(_settings(args).with_default_redis(), presets=args.presets, idle=args.idle)
+    return run_cron(_redis_settings(args), presets=args.presets, idle=args.idle)
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
@@ -239,6 +223,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = Stack(_settings(args), workers=workers, web=has_web and not args.no_web, web_port=args.web_port)
     stack.gpus = gpus
     stack.inference_port = args.inference_port
+    if args.demo:  # a one-shot: nothing outside needs its servers, so no web and no fixed port to collide on
+        from .redis_server import free_port
+
+        stack.web, stack.inference_port = False, free_port()
+    else:
+        from .commands.up import check_port
+
+        check_port(stack.inference_port, "--inference-port", "the inference server")
+        if stack.web:
+            check_port(stack.web_port, "--web-port", "the web API")
     stopping = False
 
     def on_signal(*_: object) -> None:
@@ -251,12 +245,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         for name, url in stack.urls().items():
             print(f"{name:>10}: {url}", flush=True)
         if args.demo:
+            from .commands.up import demo_summary
             from .queue import Producer
 
             producer = Producer(settings=stack.settings)
             job_id = producer.enqueue(args.demo_prompt, width=512, height=512, seed=42)
             print(f"demo job {job_id}: {args.demo_prompt!r}", flush=True)
-            return _print_final(producer.wait(job_id, timeout=120))
+            return demo_summary(producer.wait(job_id, timeout=120))
         print("stack is up; Ctrl-C stops it", flush=True)
         while not stopping:
             dead = stack.dead()
@@ -277,7 +272,8 @@ PROCESS_OF_COMMAND: dict[str, Any] = {"web": "web", "worker": "worker", "inferen
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zimg", description="Z-Image-Turbo behind an RQ job queue.")
-    parser.add_argument("--redis-url", help="default: $ZIMG_REDIS_URL, else redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-url", help=REDIS_URL_HELP)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inference-server", help="serve POST /v1/generate with dynamic batching")
@@ -300,23 +296,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--steps", type=int)
+    p.add_argument("--guidance-scale", type=float, help="must be 0.0 for Z-Image-Turbo (the validator says why)")
     p.add_argument("--negative-prompt")
     p.add_argument("--format", choices=["png", "jpeg", "webp"])
     p.add_argument("--priority", default="normal", choices=["high", "normal", "low"])
     p.add_argument("--id", help="job id (idempotency: never enqueued twice)")
-    p.add_argument("--wait", action="store_true", help="wait and print the image path")
+    p.add_argument("--wait", action="store_true", help="wait (stage and step on a terminal), print the image path")
+    p.add_argument("--json", action="store_true", help="print the job id, or with --wait its final status, as JSON")
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--output", "-o", help="copy the finished image here")
     p.add_argument("--api", metavar="URL", help="use a zimg web API instead of Redis (token: $ZIMG_API_TOKEN)")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("status", help="print a job's status as JSON")
+    p = sub.add_parser("status", help="print a job's status")
     p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="the whole status as JSON")
     p.add_argument("--api", metavar="URL", help="use a zimg web API instead of Redis (token: $ZIMG_API_TOKEN)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="cancel a queued job or stop a started one")
     p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="the job's status after cancelling, as JSON")
     p.add_argument("--api", metavar="URL", help="use a zimg web API instead of Redis (token: $ZIMG_API_TOKEN)")
     p.set_defaults(func=cmd_cancel)
 
@@ -360,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook-url", help="POST each job's status here when it ends (signed)")
     p.add_argument("--timeout", type=float, default=6 * 3600)
     p.add_argument("--no-wait", action="store_true", help="enqueue and return at once")
+    p.add_argument("--json", action="store_true", help="print the manifest (counts and rows) as JSON")
     p.add_argument("--api", metavar="URL", help="use a zimg web API instead of Redis (token: $ZIMG_API_TOKEN)")
     p.set_defaults(func=cmd_batch)
 
@@ -373,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-tiny-model", help="build a tiny random-weight Z-Image pipeline (offline tests)")
     p.add_argument("directory")
     p.set_defaults(func=cmd_make_tiny_model)
+    for subparser in sub.choices.values():  # --redis-url also after the subcommand's name
+        subparser.add_argument("--redis-url", default=argparse.SUPPRESS, help=REDIS_URL_HELP)
     return parser
 
 
@@ -381,6 +384,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         configure_logging(_settings(args), process=PROCESS_OF_COMMAND.get(args.command, "cli"))
         return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except NoSuchJobError:
+        what = f"no job {args.id!r}" if getattr(args, "id", None) else "no such job"
+        print(f"{what}: check the id (`zimg generate` prints it; jobs are kept ZIMG_RESULT_TTL s)", file=sys.stderr)
+        return 1
+    except RedisError as exc:  # RedisUnavailable says where and what to do; others still get one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except SettingsError as exc:
         print(f"bad setting: {exc}", file=sys.stderr)
         return 2

@@ -53,10 +53,9 @@ class Producer:
 
     def __init__(self, connection: redis.Redis | None = None, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
-        if connection is None:
-            if not self.settings.redis_url:
-                raise RuntimeError("set ZIMG_REDIS_URL (or pass a redis connection)")
-            connection = shared(self.settings.redis_url)
+        if connection is None:  # the same choice as every other entry point (zimg_queue.connection)
+            self.settings = self.settings.with_default_redis()
+            connection = shared(self.settings.redis_url or "")
         self.connection = connection
         self.serializer = JSONSerializer
         #: The presets file for ``options={"preset": ...}``; ``None`` means ``$ZIMG_PRESETS``.
@@ -104,12 +103,31 @@ class Producer:
                 raise ValidationError.single("prompt", "is required")
             req = self.validate(request, **fields)
         if opts.postprocess is not None and opts.postprocess.watermark is not None:
-            from .options import resolve_watermark, watermark_sources
-
-            table, folder = watermark_sources(self.presets_path)
-            if table or folder:  # configured here: fail now, not on the worker
-                resolve_watermark(opts.postprocess.watermark.name, self.presets_path)
+            opts = self._watermark_by_content(opts)
         return req, opts
+
+    def _watermark_by_content(self, opts: JobOptions) -> JobOptions:
+        """Resolve the watermark here and send it by content, so no worker needs this producer's configuration.
+
+        The bytes go to Redis under their SHA-256 (:mod:`zimg_queue.watermarks`) and the job carries the
+        digest. With no watermarks configured here, the name alone goes (the workers resolve it) and a
+        digest a client sent is dropped.
+        """
+        from . import watermarks
+        from .options import resolve_watermark, watermark_sources
+
+        assert opts.postprocess is not None and opts.postprocess.watermark is not None
+        post, mark = opts.postprocess, opts.postprocess.watermark
+        table, folder = watermark_sources(self.presets_path)
+        digest = None
+        if table or folder:  # configured here: fail now, not on the worker
+            path = resolve_watermark(mark.name, self.presets_path)
+            ttl = max(self.settings.result_ttl, self.settings.failure_ttl) + self.settings.job_timeout
+            try:
+                digest = watermarks.publish(self.connection, path, ttl)
+            except ValueError as exc:
+                raise ValidationError.single("options.postprocess.watermark", str(exc)) from None
+        return replace(opts, postprocess=replace(post, watermark=replace(mark, sha256=digest)))
 
     @staticmethod
     def _as_dict(request: RequestLike) -> dict[str, Any]:
@@ -210,13 +228,17 @@ class Producer:
             raise ValueError("options must be one mapping or have one entry per request")
         reqs: list[GenerateRequest] = []
         job_opts: list[JobOptions] = []
+        errors: list[dict[str, str]] = []
         for i, (item, opt) in enumerate(zip(items, per_item)):
             try:
                 req, jo = self.prepare(item, opt)
-            except ValidationError as exc:
-                raise ValidationError([{**e, "field": f"[{i}].{e['field']}"} for e in exc.errors]) from None
+            except ValidationError as exc:  # keep going: every bad item is reported at once
+                errors.extend({**e, "field": f"[{i}].{e['field']}"} for e in exc.errors)
+                continue
             reqs.append(req)
             job_opts.append(jo)
+        if errors:
+            raise ValidationError(errors)
         ids = list(job_ids) if job_ids is not None else [None] * len(reqs)
         if len(ids) != len(reqs):
             raise ValueError("job_ids must have one entry per request")

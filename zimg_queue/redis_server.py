@@ -14,9 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .connection import answers
+from .connection import RedisChoice, announce, answers, private_server_file
 from .processes import stop_processes
-from .settings import DEFAULT_REDIS_URL
 
 
 def find_redis_server() -> str:
@@ -44,10 +43,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedRedis:
     """Start and stop a private Redis. Use as a context manager or call :meth:`start`/:meth:`stop`."""
 
-    def __init__(self, data_dir: str | Path, port: int | None = None, *, appendonly: bool = True):
+    def __init__(
+        self, data_dir: str | Path, port: int | None = None, *, appendonly: bool = True, record: Path | None = None
+    ):
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.appendonly = appendonly
+        #: A file that holds :attr:`url` while the server runs (how clients find ``zimg up``'s Redis).
+        self.record = record
         self.process: subprocess.Popen | None = None
 
     @property
@@ -71,6 +74,9 @@ class EmbeddedRedis:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start; see {self.data_dir / 'redis.log'}")
             time.sleep(0.05)
+        if self.record is not None:
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            self.record.write_text(self.url + "\n")
         return self
 
     def kill(self) -> None:
@@ -81,6 +87,12 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         stop_processes(self.process, timeout=10)
+        if self.record is not None:
+            try:
+                if self.record.read_text().strip() == self.url:  # not a later server's record
+                    self.record.unlink()
+            except OSError:
+                pass
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
@@ -89,14 +101,16 @@ class EmbeddedRedis:
         self.stop()
 
 
-DEFAULT_URL = DEFAULT_REDIS_URL
+def stack_redis(redis_url: str | None, data_dir: str | Path) -> tuple[str, EmbeddedRedis | None]:
+    """``zimg up``'s Redis: the one it was told to use, else a private server it starts (never port 6379).
 
-
-def resolve_redis_url(redis_url: str | None, data_dir: str | Path) -> tuple[str, EmbeddedRedis | None]:
-    """The URL to use, and the private server started for it (``None`` when none was needed)."""
+    A Redis that merely answers on 127.0.0.1:6379 may be someone else's, so ``zimg up`` does not
+    use it unasked. The private server's URL is recorded in ``$ZIMG_DATA_DIR/redis/url`` while it
+    runs, so clients of the same user (``zimg generate``, ``zimg_queue.enqueue``, a Flask app) with no
+    ``ZIMG_REDIS_URL`` find it (see :func:`zimg_queue.connection.resolve_redis_url`).
+    """
     if redis_url:
         return redis_url, None
-    if answers(DEFAULT_URL):
-        return DEFAULT_URL, None
-    server = EmbeddedRedis(Path(data_dir) / "redis").start()
+    server = EmbeddedRedis(Path(data_dir) / "redis", record=private_server_file(data_dir)).start()
+    announce(RedisChoice(server.url, f"a private redis-server started by `zimg up` in {server.data_dir}"))
     return server.url, server

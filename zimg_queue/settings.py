@@ -213,9 +213,16 @@ class Settings(BaseSettings):
                 raw[name] = value.get_secret_value()
         return raw
 
-    def with_default_redis(self) -> Settings:
-        """These settings, with ``DEFAULT_REDIS_URL`` when no ``redis_url`` is set (clients never start a server)."""
-        return self if self.redis_url else self.with_(redis_url=DEFAULT_REDIS_URL)
+    def with_default_redis(self, *, flag: str | None = None, source: str | None = None) -> Settings:
+        """These settings with the Redis every entry point agrees on (logged once; clients never start a server).
+
+        The choice is :func:`zimg_queue.connection.resolve_redis_url`'s: ``flag`` (``--redis-url``),
+        ``ZIMG_REDIS_URL``, a running ``zimg up``'s private Redis, else ``DEFAULT_REDIS_URL`` with a warning.
+        """
+        from .connection import resolve_redis_url
+
+        url = resolve_redis_url(self, flag=flag, source=source).url
+        return self if url == self.redis_url else self.with_(redis_url=url)
 
     # --- Derived values ----------------------------------------------------------------------------
     @property

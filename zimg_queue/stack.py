@@ -1,6 +1,6 @@
 """``zimg up``: the whole local stack as child processes, stopped together.
 
-Redis (the one on 6379 if it answers, else a private one with AOF), the
+Redis (``ZIMG_REDIS_URL`` if set, else a private one with AOF, never an unasked 6379), the
 inference server (``sim`` unless ``ZIMG_MODEL`` names a model), the RQ workers
 and the status web service. The same processes are listed in the ``Procfile``.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .gpus import GpuServer, layout
 from .processes import stop_processes, wait_http
-from .redis_server import EmbeddedRedis, resolve_redis_url
+from .redis_server import EmbeddedRedis, stack_redis
 from .settings import Settings
 
 
@@ -49,7 +49,7 @@ class Stack:
         return proc
 
     def start(self) -> Stack:
-        url, self.redis = resolve_redis_url(self.settings.redis_url, self.settings.data_dir)
+        url, self.redis = stack_redis(self.settings.redis_url, self.settings.data_dir)
         servers = layout(self.gpus, self.inference_port, self.workers) if self.gpus else []
         inference_url = ",".join(s.url for s in servers) or f"http://127.0.0.1:{self.inference_port}"
         self.settings = self.settings.with_(redis_url=url, inference_url=inference_url)

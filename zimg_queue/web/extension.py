@@ -47,7 +47,8 @@ class WebState:
 
     @classmethod
     def build(cls, config: dict, producer: Producer | None = None) -> WebState:
-        settings = Settings.from_mapping(config).with_default_redis()
+        source = "app.config" if config.get("ZIMG_REDIS_URL") else None
+        settings = Settings.from_mapping(config).with_default_redis(source=source)
         producer = producer or Producer(settings=settings)
         settings = producer.settings
         limits = Limits.from_settings(settings)
