@@ -1,147 +1,130 @@
-"""``zimg inference-server``: the upstream ``POST /v1/generate`` contract, batched.
+"""``zimg inference-server``: load a backend once, batch requests onto it, serve HTTP with waitress.
 
-Routes: ``POST /v1/generate`` (``{"image": "<base64>"}``, or ``500 {"detail":
-"CUDA out of memory ..."}``, or ``422 {"detail": [...]}`` for bad input),
-``GET /v1/progress/<request_id>`` (steps done, for the worker's progress) and
-``GET /healthz``. Served by waitress, a production WSGI server, on loopback
-unless told otherwise. Every response names its backend in ``X-Zimg-Backend``.
+The routes live in :mod:`workers.inference.app`. This module starts things and stops them:
+
+* it refuses to bind beyond loopback without ``ZIMG_INFERENCE_TOKEN`` unless ``ZIMG_ALLOW_PUBLIC_BIND``
+  says that is intended;
+* waitress answers an unsupported ``Transfer-Encoding`` (e.g. ``gzip``) with 501 before the app sees the
+  request; :class:`ClientErrorParser` makes that the 400 it is (the client sent something this server
+  does not take);
+* when the device fails (:class:`~workers.inference.backends.base.DeviceFailure`), ``/healthz`` answers 503
+  for ``FATAL_GRACE_S`` so probes see why, then the process exits with :data:`EXIT_DEVICE_FAILED` so its
+  supervisor (``zimg up``, systemd, Kubernetes) starts a fresh one with a fresh CUDA context.
 """
 
 from __future__ import annotations
 
-import base64
-import io
-import logging
-import time
+import ipaddress
+import os
+import threading
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+import structlog
 
-from zimg_queue.metrics import InferenceMetrics
-from zimg_queue.request import GenerateRequest, ValidationError
 from zimg_queue.settings import Settings
-from zimg_queue.tokens import token_matches
 
-from .backends.base import Backend, InferenceRequest, OutOfMemory
+from .app import create_app
+from .backends.base import Backend
 from .batcher import Batcher
 
-log = logging.getLogger(__name__)
-UPSTREAM_FORMATS = ("png", "jpeg")
-MAX_BODY = 64 * 1024
+__all__ = ["create_app", "serve", "check_bind", "EXIT_DEVICE_FAILED"]
+log = structlog.get_logger(__name__)
+EXIT_DEVICE_FAILED = 3
+FATAL_GRACE_S = 2.0
 
 
-def create_app(batcher: Batcher, *, max_pixels: int = 2048 * 2048, token: str | None = None) -> Flask:
-    """The Flask app around a running :class:`Batcher`."""
-    app = Flask("zimg-inference")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    backend: Backend = batcher.backend
-    faults = getattr(backend, "fault", None)
-    metrics = InferenceMetrics()
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
-    @app.before_request
-    def check_token() -> Any:
-        if token and request.path != "/healthz":
-            if not token_matches(request.headers.get("Authorization"), token):
-                return jsonify(detail="missing or wrong bearer token"), 401
-        return None
 
-    @app.after_request
-    def name_backend(resp: Response) -> Response:
-        resp.headers["X-Zimg-Backend"] = backend.name
-        return resp
+def check_bind(host: str, token: str | None, allow_public_bind: bool) -> None:
+    """Refuse (``SystemExit``) a non-loopback bind with no token, unless the operator said it is fine."""
+    if is_loopback(host) or token or allow_public_bind:
+        return
+    raise SystemExit(
+        f"refusing to serve the inference server on {host} without ZIMG_INFERENCE_TOKEN: anyone who can reach it "
+        "could use the GPU. Set ZIMG_INFERENCE_TOKEN (the workers send it), or ZIMG_ALLOW_PUBLIC_BIND=true."
+    )
 
-    @app.errorhandler(413)
-    def too_large(_exc: Exception) -> Any:
-        return jsonify(detail=[{"loc": ["body"], "msg": f"body must be at most {MAX_BODY} bytes"}]), 413
 
-    @app.post("/v1/generate")
-    def generate() -> Any:
-        body = request.get_json(silent=True)
-        try:
-            req = GenerateRequest.from_dict(body, max_pixels=max_pixels)
-            if req.output_format not in UPSTREAM_FORMATS:
-                raise ValidationError.single("output_format", "must be png or jpeg")
-        except ValidationError as exc:
-            detail = [{"loc": ["body", e["field"]], "msg": e["message"], "type": "value_error"} for e in exc.errors]
-            return jsonify(detail=detail), 422
-        fault = faults() if faults else None
-        if fault == "fail":
-            return jsonify(detail="injected failure (sim backend)"), 500
-        arrived = time.perf_counter()
-        item = batcher.submit(InferenceRequest(**req.to_dict()), request.headers.get("X-Request-Id"))
-        try:
-            image = item.future.result()
-            metrics.observe(item.batch_size, time.perf_counter() - arrived)
-        except OutOfMemory as exc:
-            metrics.requests.labels("out_of_memory").inc()
-            return jsonify(
-                detail=str(exc) if "out of memory" in str(exc).lower() else f"CUDA out of memory: {exc}"
-            ), 500
-        except Exception as exc:
-            metrics.requests.labels("error").inc()
-            log.exception("generation failed")
-            return jsonify(detail=f"generation failed: {type(exc).__name__}: {exc}"), 500
-        if fault == "slow":
-            time.sleep(backend.config.slow_s)  # type: ignore[attr-defined]
-        out = io.BytesIO()
-        image.save(out, format="PNG" if req.output_format == "png" else "JPEG", compress_level=1)
-        payload = {
-            "image": "" if fault == "empty" else base64.b64encode(out.getvalue()).decode("ascii"),
-            "backend": backend.name,
-            "seed": req.seed,
-            "width": req.width,
-            "height": req.height,
-            "batch_size": item.batch_size,
-            "queue_ms": round(((item.started or arrived) - item.arrived) * 1000, 3),
-            "total_ms": round((time.perf_counter() - arrived) * 1000, 3),
-        }
-        if fault == "drop":
-            # Promise more bytes than are sent: the server closes the connection mid-response.
-            return Response(iter([b'{"image": "']), headers={"Content-Length": "1000000"}, mimetype="application/json")
-        return jsonify(payload)
+def _client_error_parser():
+    """waitress's request parser, answering an unsupported Transfer-Encoding with 400 instead of 501."""
+    from waitress.parser import HTTPRequestParser
+    from waitress.utilities import BadRequest, ServerNotImplemented
 
-    @app.get("/v1/progress/<request_id>")
-    def progress(request_id: str) -> Any:
-        done = batcher.progress.get(request_id)
-        if done is None:
-            return jsonify(detail="no request in progress with that id"), 404
-        return jsonify(step=done[0], steps=done[1])
+    class ClientErrorParser(HTTPRequestParser):
+        def received(self, data: bytes) -> int:
+            consumed = super().received(data)
+            if isinstance(self.error, ServerNotImplemented):
+                self.error = BadRequest(f"{self.error.body} Only chunked is accepted.")
+            return consumed
 
-    @app.get("/metrics")
-    def prometheus() -> Any:
-        """Batch sizes, per-request generation time and outcomes, in Prometheus' text format."""
-        body, content_type = metrics.exposition()
-        return Response(body, content_type=content_type)
+    return ClientErrorParser
 
-    @app.get("/healthz")
-    def healthz() -> Any:
-        return jsonify(status="ok", **backend.health(), batcher=batcher.snapshot())
 
-    return app
+def make_server(app: Any, host: str, port: int, threads: int) -> Any:
+    """A waitress server whose channels use :func:`_client_error_parser`."""
+    from waitress import create_server
+    from waitress.channel import HTTPChannel
+
+    class Channel(HTTPChannel):
+        parser_class = _client_error_parser()
+
+    server = create_server(app, host=host, port=port, threads=threads, ident="zimg-inference", channel_timeout=60)
+    server.channel_class = Channel
+    return server
 
 
 def serve(
     settings: Settings,
     *,
     backend_name: str = "sim",
+    backend: Backend | None = None,
     host: str = "127.0.0.1",
     port: int = 7860,
     max_batch: int = 8,
     max_wait_ms: float = 10.0,
+    max_queue: int | None = None,
+    max_batch_pixels: int = 0,
     threads: int | None = None,
     backend_options: dict[str, Any] | None = None,
 ) -> None:
-    """Load the backend once, start the batcher, serve until interrupted."""
-    from waitress import serve as waitress_serve
+    """Load the backend once (unless given), start the batcher, serve until interrupted."""
+    token = settings.secret("inference_token")
+    check_bind(host, token, settings.allow_public_bind)
+    if backend is None:
+        from .backends import load
 
-    from .backends import load
+        backend = load(backend_name, max_batch=max_batch, **(backend_options or {}))
 
-    backend = load(backend_name, **(backend_options or {}))
-    batcher = Batcher(backend, max_batch=max_batch, max_wait_s=max_wait_ms / 1000)
-    app = create_app(batcher, max_pixels=settings.max_pixels, token=settings.secret("inference_token"))
-    log.info("inference server (%s backend) on http://%s:%d", backend.name, host, port)
+    def die(exc: BaseException) -> None:
+        log.error("exiting_after_device_failure", error=str(exc), exit_code=EXIT_DEVICE_FAILED)
+        timer = threading.Timer(FATAL_GRACE_S, os._exit, (EXIT_DEVICE_FAILED,))
+        timer.daemon = True
+        timer.start()
+
+    batcher = Batcher(
+        backend,
+        max_batch=max_batch,
+        max_wait_s=max_wait_ms / 1000,
+        max_queue=max_queue,
+        max_batch_pixels=max_batch_pixels,
+        on_fatal=die,
+    )
+    app = create_app(batcher, max_pixels=settings.max_pixels, token=token)
+    queue = batcher.max_queue
+    # Every waiting request holds a waitress thread: enough for the queue, the running batch and probes,
+    # so that admission (and its 503) is ours, not a backlog inside waitress.
+    server = make_server(app, host, port, threads or max(16, queue + max_batch + 8))
+    log.info("inference_server_started", backend=backend.name, url=f"http://{host}:{port}", max_batch=max_batch,
+             max_wait_ms=max_wait_ms, max_queue=queue, max_batch_pixels=max_batch_pixels)  # fmt: skip
     try:
-        waitress_serve(app, host=host, port=port, threads=threads or max(16, 4 * max_batch), ident="zimg-inference")
+        server.run()
     finally:
         batcher.close()
         backend.close()

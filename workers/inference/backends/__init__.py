@@ -7,7 +7,7 @@ from typing import Any
 from .base import Backend
 
 
-def load(name: str, **options: Any) -> Backend:
+def load(name: str, max_batch: int = 8, **options: Any) -> Backend:
     """``sim`` (a declared simulator, no GPU) or ``zimage`` (diffusers' ZImagePipeline)."""
     if name == "sim":
         from .sim import SimBackend
@@ -16,5 +16,5 @@ def load(name: str, **options: Any) -> Backend:
     if name == "zimage":
         from .zimage import ZImageBackend
 
-        return ZImageBackend(**options)
+        return ZImageBackend(max_batch=max_batch, **options)
     raise ValueError(f"unknown backend {name!r}: choose sim or zimage")

@@ -6,6 +6,11 @@ settings: a per-batch latency ``t(B) = a + b*B`` (scaled by ``scale``), an
 out-of-memory error above a pixel budget, and injectable faults the HTTP server
 applies (slow answers, dropped connections, 500s, empty images). Every response
 it makes says ``sim``. Settings come from ``ZIMG_SIM_*`` variables.
+
+``ZIMG_SIM_PROFILE`` (e.g. ``h200-1024``) replaces ``a``, ``b`` and the memory limit with
+a curve derived from FLOP counts and published GPU figures (:mod:`.sim_profiles`,
+estimates): the latency is the profile's at its size whatever size is drawn, and a
+batch larger than the profile's limit runs out of memory.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from PIL import Image, ImageDraw
 from zimg_queue.settings import Settings
 
 from .base import InferenceRequest, OutOfMemory, ProgressFn
+from .sim_profiles import Profile, profile
 
 
 @dataclass
@@ -39,6 +45,7 @@ class SimConfig:
     slow_rate: float = 0.0  #: add ``slow_s`` before answering
     slow_s: float = 0.0
     fault_seed: int = 0
+    profile: str | None = None  #: a :mod:`.sim_profiles` name: replaces the latency model and memory limit
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> SimConfig:
@@ -48,8 +55,21 @@ class SimConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        self.physics: Profile | None = profile(self.profile) if self.profile else None
+
     def latency(self, batch_size: int) -> float:
+        if self.physics is not None:
+            return self.physics.latency(batch_size) * self.scale
         return max(0.0, (self.latency_a + self.latency_b * batch_size) * self.scale)
+
+    def runs_out_of_memory(self, batch: Sequence[InferenceRequest]) -> str | None:
+        """Why ``batch`` would not fit, or None."""
+        if self.physics is not None and len(batch) > self.physics.max_batch:
+            return f"batch of {len(batch)} above {self.physics.max_batch} on {self.physics.name}"
+        if self.oom_pixels and sum(r.width * r.height for r in batch) > self.oom_pixels:
+            return f"batch above {self.oom_pixels} pixels"
+        return None
 
 
 class SimBackend:
@@ -68,8 +88,8 @@ class SimBackend:
 
     def generate(self, batch: Sequence[InferenceRequest], progress: ProgressFn | None = None) -> list[Image.Image]:
         cfg = self.config
-        if cfg.oom_pixels and sum(r.width * r.height for r in batch) > cfg.oom_pixels:
-            raise OutOfMemory(f"CUDA out of memory (simulated: batch above {cfg.oom_pixels} pixels)")
+        if (why := cfg.runs_out_of_memory(batch)) is not None:
+            raise OutOfMemory(f"CUDA out of memory (simulated: {why})")
         steps = batch[0].num_inference_steps
         per_step = cfg.latency(len(batch)) / steps
         for step in range(1, steps + 1):
@@ -93,7 +113,10 @@ class SimBackend:
         return None
 
     def health(self) -> dict[str, Any]:
-        return {"backend": self.name, "simulator": True, "loaded": True, "device": "none", "config": vars(self.config)}
+        config = {k: v for k, v in vars(self.config).items() if k != "physics"}
+        if self.config.physics is not None:
+            config["physics"] = vars(self.config.physics) | {"estimate": True}
+        return {"backend": self.name, "simulator": True, "loaded": True, "device": "none", "config": config}
 
     def close(self) -> None:
         pass
