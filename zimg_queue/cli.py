@@ -61,6 +61,8 @@ def cmd_inference_server(args: argparse.Namespace) -> int:
         options["model"] = args.model or _settings(args).model
         if not options["model"]:
             raise SystemExit("the zimage backend needs --model or ZIMG_MODEL (a folder or a hub id)")
+        speed = {"device": args.device, "dtype": args.dtype, "attention": args.attention, "compile": args.compile}
+        options.update({k: v for k, v in speed.items() if v}, warmup_sizes=args.warmup_sizes)
     serve(
         _settings(args),
         backend_name=args.backend,
@@ -68,6 +70,8 @@ def cmd_inference_server(args: argparse.Namespace) -> int:
         port=args.port,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_batch_pixels=args.max_batch_pixels,
         backend_options=options,
     )
     return 0
@@ -282,7 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="after a batch, wait this long for its clients")
+    p.add_argument("--max-queue", type=int, help="requests waiting beyond this get 503 (default 4 x --max-batch)")
+    p.add_argument("--max-batch-pixels", type=int, default=0, help="pixel budget of one batch (0: none)")
+    p.add_argument("--device", help="zimage: cuda, cuda:1, cpu (default cuda when available)")
+    p.add_argument("--dtype", help="zimage: bf16, fp16, fp32 (default bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--attention", help="zimage: a diffusers attention backend (default native SDPA)")
+    p.add_argument("--compile", nargs="?", const=True, default=False, help="zimage: regional torch.compile")
+    p.add_argument("--warmup-sizes", help="zimage: WxH list run once at start-up (default 64x64)")
     p.set_defaults(func=cmd_inference_server)
 
     p = sub.add_parser("worker", help="run RQ workers on the zimg queues")
