@@ -50,7 +50,8 @@ def test_a_pickled_payload_planted_in_redis_is_never_unpickled(producer: Produce
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert not marker.exists(), "the worker unpickled data from Redis"
-    assert producer.fetch(job_id).get_status() == "failed"
+    # The attempt failed (on the shipped retry policy it is scheduled to run again, and fails the same way).
+    assert producer.fetch(job_id).get_status() in ("failed", "scheduled")
 
 
 def test_servers_bind_to_loopback_by_default(tmp_path: Path):

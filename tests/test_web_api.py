@@ -21,6 +21,7 @@ from tests.conftest import ROOT, wait_until
 from zimg_queue.queue import Producer
 
 GOOD = {"prompt": "a cat on a windowsill", "width": 128, "height": 64, "seed": 5}
+JSON = {"Content-Type": "application/json"}
 
 
 def queue_length(redis_conn, priority: str = "normal") -> int:
@@ -52,10 +53,41 @@ def test_priority_picks_the_queue(web_app, redis_conn):
 def test_idempotency_key_returns_the_same_job(web_app, redis_conn):
     client = web_app().test_client()
     first = client.post("/v1/jobs", json={**GOOD, "idempotency_key": "order-17_a"})
-    second = client.post("/v1/jobs", json={**GOOD, "seed": 9, "idempotency_key": "order-17_a"})
+    second = client.post("/v1/jobs", json={**GOOD, "idempotency_key": "order-17_a"})
     assert first.status_code == second.status_code == 202
     assert first.json["id"] == second.json["id"] == "order-17_a"
     assert queue_length(redis_conn) == 1
+
+
+def test_idempotency_key_without_a_seed_is_the_same_request_each_time(web_app, redis_conn):
+    """An omitted seed is drawn per call: a retry of the same body must still find its job."""
+    client = web_app().test_client()
+    body = {"prompt": "a kite", "width": 64, "height": 64, "idempotency_key": "no-seed"}
+    assert [client.post("/v1/jobs", json=body).status_code for _ in range(2)] == [202, 202]
+    assert queue_length(redis_conn) == 1
+
+
+@pytest.mark.parametrize(
+    "change", [{"seed": 9}, {"prompt": "a dog"}, {"priority": "high"}, {"options": {"postprocess": {"format": "webp"}}}]
+)
+def test_idempotency_key_reused_with_another_request_is_409_naming_the_job(web_app, redis_conn, change):
+    client = web_app().test_client()
+    assert client.post("/v1/jobs", json={**GOOD, "idempotency_key": "order-18"}).status_code == 202
+    r = client.post("/v1/jobs", json={**GOOD, **change, "idempotency_key": "order-18"})
+    assert r.status_code == 409, r.json
+    assert r.json["error"] == "idempotency_conflict" and r.json["id"] == "order-18"
+    assert r.json["urls"]["get"] == "/v1/jobs/order-18" and "idempotency_key" in r.json["message"]
+    assert queue_length(redis_conn) == 1 and queue_length(redis_conn, "high") == 0
+
+
+def test_python_api_raises_a_clear_error_for_a_reused_key(producer: Producer):
+    from zimg_queue.idempotency import IdempotencyConflict
+
+    assert producer.enqueue("a fox", width=64, height=64, job_id="k1") == "k1"
+    assert producer.enqueue("a fox", width=64, height=64, job_id="k1") == "k1"  # same request: same job
+    with pytest.raises(IdempotencyConflict, match="already exists for a different request") as caught:
+        producer.enqueue("a wolf", width=64, height=64, job_id="k1")
+    assert caught.value.job_id == "k1" and caught.value.errors[0]["field"] == "job_id"
 
 
 @pytest.mark.parametrize(
@@ -110,7 +142,7 @@ def test_malformed_bodies_are_400_naming_the_body(web_app, redis_conn, raw, mess
 
 
 def test_lone_surrogate_is_400_naming_the_field(web_app, redis_conn):
-    r = web_app().test_client().post("/v1/jobs", data=b'{"prompt": "a \\ud800 cat"}')
+    r = web_app().test_client().post("/v1/jobs", data=b'{"prompt": "a \\ud800 cat"}', content_type="application/json")
     assert r.status_code == 400 and r.json["errors"][0]["field"] == "prompt"
     assert queue_length(redis_conn) == 0
 
@@ -128,7 +160,7 @@ def test_oversized_chunked_body_without_length_is_413_from_the_real_server(procs
     chunks = iter([b'{"prompt": "', b"y" * 5000, b'"}'])  # a generator body: chunked, no Content-Length
     r = requests.post(f"{server.url}/v1/jobs", data=chunks, headers={"Content-Type": "application/json"}, timeout=10)
     assert r.status_code == 413 and r.json()["errors"][0]["field"] == "body"
-    ok = requests.post(f"{server.url}/v1/jobs", data=iter([b'{"prompt": "a cat"}']), timeout=10)
+    ok = requests.post(f"{server.url}/v1/jobs", data=iter([b'{"prompt": "a cat"}']), headers=JSON, timeout=10)
     assert ok.status_code == 202, ok.text
     assert queue_length(redis_conn) == 1
 
@@ -330,7 +362,7 @@ def test_cli_talks_to_a_remote_api(stack, web, tmp_path):
         assert image.size == (128, 128)
     job_id = zimg("generate", "a dog", "--width", "64", "--height", "64", "--priority", "low").stdout.strip()
     assert zimg("status", job_id).returncode == 0 and job_id in zimg("status", job_id).stdout
-    assert '"status"' in zimg("cancel", job_id).stdout
+    assert '"status"' in zimg("cancel", job_id, "--json").stdout
     bad = zimg("generate", "x", "--width", "100")
     assert bad.returncode == 2 and "width" in bad.stderr
     missing = zimg("status", "no-such-job")
@@ -357,7 +389,6 @@ def test_zimg_batch_over_the_api(stack, web, tmp_path: Path):
     cmd = [sys.executable, "-m", "zimg_queue.cli", "batch", str(prompts), "--format", "webp", "--api", server.url]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "2/2" in done.stderr  # the progress bar
     lines = [line for line in done.stdout.splitlines()[1:] if " finished " in line]
     paths = [Path(line.split()[-1]) for line in lines]
     assert len(paths) == 2 and all(p.suffix == ".webp" and p.is_file() for p in paths)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import mimetypes
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -21,16 +22,21 @@ from rq.worker import Worker
 from rq.worker_registration import get_keys
 from werkzeug.exceptions import HTTPException
 
-from ..queue import check_job_id
+from ..idempotency import IdempotencyConflict
+from ..queue import JOB_ID_RE, check_job_id
 from ..request import ValidationError
 from ..settings import PRIORITIES
 from .auth import guard
 from .body import ApiError, read_json_object
 from .extension import WebState, get_state
+from .origin import check_origin, require_json
+from .transport import check_request_body
 from .telemetry import job_meta
 
 bp = Blueprint("zimg_queue", __name__)
 bp.before_request(guard(lambda: get_state().settings.secret("api_token")))
+bp.before_request(check_origin)  # after the token check: a 401 never reads the body
+bp.before_request(check_request_body)
 
 MAX_WAIT_S = 60.0
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -64,6 +70,13 @@ def urls(job_id: str) -> dict[str, str]:
     return {"get": get, "image": f"{get}/image", "cancel": f"{get}/cancel"}
 
 
+def _existing_key(state: WebState, key: Any) -> bool:
+    """Whether ``key`` is a valid idempotency key naming a job that already exists."""
+    if not isinstance(key, str) or not JOB_ID_RE.match(key):
+        return False
+    return bool(state.producer.connection.exists(Job.key_for(key)))
+
+
 def _client_id() -> str:
     return request.remote_addr or "unknown"
 
@@ -83,8 +96,10 @@ def _rate_limit(state: WebState) -> dict[str, str]:
 def create_job() -> tuple[Response, int, dict[str, str]]:
     """Validate and enqueue; 202 with the job's id and URLs."""
     state = get_state()
-    headers = _rate_limit(state)
+    require_json()  # 415: a cross-site form or text/plain post never gets this far
     data = read_json_object(request, state.limits.max_body_bytes)
+    # Re-sending a job that exists (same idempotency key) creates nothing, so it is not counted.
+    headers = {} if _existing_key(state, data.get("idempotency_key")) else _rate_limit(state)
     errors: list[dict[str, str]] = []
     priority = data.pop("priority", "normal")
     if priority not in PRIORITIES:
@@ -108,7 +123,13 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
             errors.extend(exc.errors)
     if errors or req is None or job_opts is None:
         raise ApiError.invalid(ValidationError(errors))
-    job_id = state.producer.enqueue_prepared(req, job_opts, job_id=key, priority=priority, meta=job_meta())
+    try:
+        job_id = state.producer.enqueue_prepared(
+            req, job_opts, job_id=key, priority=priority, meta=job_meta(), seed_given=data.get("seed") is not None
+        )
+    except IdempotencyConflict as exc:  # the IETF Idempotency-Key draft's answer: 409, naming the job
+        raise ApiError(409, "idempotency_conflict", str(exc).replace("job_id", "idempotency_key"), id=exc.job_id,
+                       urls=urls(exc.job_id)) from None  # fmt: skip
     status = "queued"
     if key is not None:  # maybe an earlier job with this key: answer with its real status
         raw = state.producer.connection.hget(Job.key_for(job_id), "status")
@@ -165,11 +186,22 @@ def get_image(job_id: str) -> Response:
         found = bucket_redirect(result, get_state().settings)
         if found is not None:
             return found
-        raise ApiError(404, "image_missing", "the job's image is no longer stored")
+        raise ApiError(404, "image_missing", _missing_image(path, get_state().images_path))
     mimetype = CONTENT_TYPES.get(str(result.get("format"))) or mimetypes.guess_type(path)[0]
     response = send_file(path, mimetype=mimetype or "application/octet-stream", conditional=True, max_age=86400)
     response.headers["Cache-Control"] = "private, max-age=86400, immutable"  # content-addressed files
     return response
+
+
+def _missing_image(path: object, images: Path) -> str:
+    """Say where the image was looked for, so an operator can tell a deleted file from two image folders."""
+    root = images.resolve()
+    if not isinstance(path, str):
+        return "the job's result names no image file"
+    if Path(path).parent != root:
+        return (f"the job's image {path} is outside this service's image folder {root}: the worker and the web "
+                "service use different ZIMG_IMAGE_DIR / ZIMG_DATA_DIR")  # fmt: skip
+    return f"the job's image is no longer stored: looked for {path}"
 
 
 @bp.route("/v1/jobs/<job_id>", methods=["DELETE"])

@@ -3,7 +3,13 @@
 Default: gunicorn with ``gthread`` workers (one process per core, several threads each)
 where gunicorn is installed, else waitress (pure Python, one process, a thread pool).
 Threads matter because ``GET /v1/jobs/<id>?wait=N`` holds a thread for up to 60 s;
-processes matter because Flask view code holds the GIL. Binds to loopback unless told.
+processes matter because Flask view code holds the GIL. Binds to loopback unless told, and
+refuses to bind beyond it without ``ZIMG_API_TOKEN`` (see :mod:`zimg_queue.bind`).
+
+Both servers give a request to a thread only once it has arrived whole, so slow or
+stalled uploads cannot starve ``/healthz``: waitress does so by design, gunicorn through
+:class:`zimg_queue.web.buffering.BufferingThreadWorker`. Both answer an unsupported
+``Transfer-Encoding`` with 400 (stock waitress says 501).
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 from typing import Any
 
 from flask import Flask
 
+from ..bind import PublicBindRefused, check_bind
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,8 +40,13 @@ def default_processes() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _gunicorn(host: str, port: int, processes: int, threads: int) -> None:
+def _gunicorn(host: str, port: int, processes: int, threads: int, settings: Settings) -> None:
     from gunicorn.app.base import BaseApplication
+
+    from .buffering import BufferingThreadWorker
+
+    BufferingThreadWorker.body_timeout = settings.web_body_timeout  # inherited by the forked workers
+    BufferingThreadWorker.max_body = settings.max_body_bytes
 
     class Application(BaseApplication):
         """gunicorn without a config file; each worker process builds its own app (no shared sockets)."""
@@ -42,13 +55,13 @@ def _gunicorn(host: str, port: int, processes: int, threads: int) -> None:
             options: dict[str, Any] = {
                 "bind": f"{host}:{port}",
                 "workers": processes,
-                "worker_class": "gthread",
+                "worker_class": BufferingThreadWorker,  # gthread, buffering each request before a thread
                 "threads": threads,
                 "timeout": 120,  # > the 60 s ?wait cap
                 "graceful_timeout": 10,
                 # Off by default: with keep-alive, a few busy client connections can all land on one
                 # worker process (measured: ~600 req/s instead of ~1,200 with 2 processes).
-                "keepalive": Settings().web_keepalive,
+                "keepalive": settings.web_keepalive,
                 "accesslog": None,  # the Authorization header is never logged: no access log by default
                 "errorlog": "-",
                 "loglevel": "info",
@@ -65,12 +78,37 @@ def _gunicorn(host: str, port: int, processes: int, threads: int) -> None:
     Application().run()
 
 
-def _waitress(host: str, port: int, threads: int) -> None:
-    from waitress import serve
+def _waitress(host: str, port: int, threads: int, settings: Settings) -> None:
+    from waitress import create_server
+    from waitress.channel import HTTPChannel
+    from waitress.parser import HTTPRequestParser, ParsingError, TransferEncodingNotImplemented
 
     from .app import create_app
 
-    serve(create_app(), host=host, port=port, threads=threads, ident="zimg-web", channel_timeout=120)
+    class Parser(HTTPRequestParser):
+        """An unsupported ``Transfer-Encoding`` is the client's mistake: 400, not waitress's 501."""
+
+        def parse_header(self, header_plus: bytes) -> None:
+            try:
+                super().parse_header(header_plus)
+            except TransferEncodingNotImplemented as exc:
+                raise ParsingError(f"{exc.args[0]} Only 'chunked' is.") from None
+
+    class Channel(HTTPChannel):
+        parser_class = Parser
+
+    server = create_server(
+        create_app(),
+        host=host,
+        port=port,
+        threads=threads,
+        ident="zimg-web",
+        channel_timeout=max(1, int(settings.web_body_timeout)),  # an idle, half-sent request is dropped
+        # waitress buffers a body before the app sees it: cap that (the app answers 413 above max_body_bytes)
+        max_request_body_size=max(1 << 20, 16 * settings.max_body_bytes),
+    )
+    server.channel_class = Channel  # type: ignore[union-attr]
+    server.run()
 
 
 def serve(
@@ -81,13 +119,24 @@ def serve(
     processes: int | None = None,
     threads: int = DEFAULT_THREADS,
 ) -> None:
-    """Run until SIGTERM/SIGINT. ``processes`` only applies to gunicorn."""
+    """Run until SIGTERM/SIGINT. ``processes`` only applies to gunicorn.
+
+    Beyond loopback without ``ZIMG_API_TOKEN`` (and without ``ZIMG_ALLOW_PUBLIC_BIND``) it prints one
+    line and exits with status 2 instead of starting.
+    """
+    settings = Settings()
+    try:
+        check_bind(host, token=settings.secret("api_token"), token_setting="ZIMG_API_TOKEN",
+                   allow_public=settings.allow_public_bind, server="zimg web")  # fmt: skip
+    except PublicBindRefused as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
     server = server or default_server()
     processes = processes or default_processes()
     log.info("zimg web on http://%s:%d (%s, %d process(es) x %d threads)", host, port, server, processes, threads)
     if server == "gunicorn":
-        _gunicorn(host, port, processes, threads)
+        _gunicorn(host, port, processes, threads, settings)
     elif server == "waitress":
-        _waitress(host, port, threads)
+        _waitress(host, port, threads, settings)
     else:
         raise ValueError(f"unknown server {server!r}: gunicorn or waitress")
