@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from flask import Request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 MAX_BODY = 64 * 1024
 #: A generate request is one flat object; anything deeper than this is not one.
@@ -55,6 +55,8 @@ def read_json(request: Request) -> Any:
         data = request.get_data(cache=True)
     except RequestEntityTooLarge:
         raise BadBody(413, f"body must be at most {MAX_BODY} bytes") from None
+    except ClientDisconnected:  # werkzeug: the stream ended before Content-Length bytes
+        raise BadBody(400, f"the body ended before the {request.content_length} bytes its Content-Length declared") from None
     declared = request.content_length
     if declared is not None and not transfer and len(data) < declared:
         raise BadBody(400, f"the body ended after {len(data)} of the {declared} bytes its Content-Length declared")
