@@ -56,7 +56,8 @@ def read_json(request: Request) -> Any:
     except RequestEntityTooLarge:
         raise BadBody(413, f"body must be at most {MAX_BODY} bytes") from None
     except ClientDisconnected:  # werkzeug: the stream ended before Content-Length bytes
-        raise BadBody(400, f"the body ended before the {request.content_length} bytes its Content-Length declared") from None
+        declared = request.content_length
+        raise BadBody(400, f"the body ended before the {declared} bytes its Content-Length declared") from None
     declared = request.content_length
     if declared is not None and not transfer and len(data) < declared:
         raise BadBody(400, f"the body ended after {len(data)} of the {declared} bytes its Content-Length declared")
