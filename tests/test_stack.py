@@ -1,16 +1,24 @@
-"""``zimg up --demo``: the README's first command, on a machine with no Redis running."""
+"""``zimg up``: the README's first command on a machine with no Redis running, a busy port, and one image folder
+for processes started in different working directories."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
+
+from zimg_queue.processes import stop_processes, wait_http
+from zimg_queue.queue import Producer
+from zimg_queue.redis_server import free_port
+from zimg_queue.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,20 +29,74 @@ def _can_unshare() -> bool:
     return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -n` (root) for a network with nothing listening")
-def test_up_demo_starts_a_private_redis_when_none_answers(tmp_path: Path):
-    # A fresh network namespace: nothing listens on 127.0.0.1:6379 there, as on a user's fresh machine.
+def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
-    env["ZIMG_DATA_DIR"] = str(tmp_path / "data")
+    env.update(extra, PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -n` (root) for a network with nothing listening")
+def test_up_demo_starts_a_private_redis_and_ends_with_a_summary_whose_last_line_is_the_image(tmp_path: Path):
+    # A fresh network namespace: nothing listens on 127.0.0.1:6379 there, as on a user's fresh machine.
+    env = _clean_env(ZIMG_DATA_DIR=str(tmp_path / "data"))
     script = f"ip link set lo up && exec {sys.executable} -m zimg_queue.cli up --demo"
     done = subprocess.run(
         ["unshare", "-n", "bash", "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    redis_url = re.search(r"redis: (redis://\S+)", done.stdout).group(1)
-    assert not redis_url.endswith(":6379/0")  # a private server on a free port
-    assert (tmp_path / "data" / "redis" / "appendonlydir").is_dir()  # with AOF on
-    path = Path(done.stdout.strip().splitlines()[-1])
+    assert (tmp_path / "data" / "redis" / "appendonlydir").is_dir()  # a private server, with AOF on
+    assert "a private redis-server started by `zimg up`" in done.stderr  # said once, with where it came from
+    lines = done.stdout.strip().splitlines()
+    path = Path(lines[-1])
     assert path.parent == (tmp_path / "data" / "images").resolve()
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == (512, 512)
+    summary = "\n".join(lines[-12:])
+    assert "xdg-open" in summary and "zimg generate" in summary and "source .venv/bin/activate" in summary
+    assert not re.search(r"https?://", done.stdout)  # no URL of a server that is already gone
+
+
+def test_up_on_a_busy_port_says_which_flag_moves_it(tmp_path: Path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = _clean_env(ZIMG_DATA_DIR=str(tmp_path / "data"))
+        args = ["up", "--web-port", str(port), "--inference-port", str(free_port())]
+        done = subprocess.run([sys.executable, "-m", "zimg_queue.cli", *args], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"port {port}" in last and "--web-port" in last
+    assert not (tmp_path / "data" / "redis").exists()  # checked before anything was started
+
+
+def test_web_and_worker_in_different_folders_share_the_default_image_folder(procs, settings: Settings, tmp_path):
+    """No ZIMG_DATA_DIR / ZIMG_IMAGE_DIR anywhere: the shipped default (the user's data dir) must be one folder."""
+    procs.inference(latency_a="0", latency_b="0")
+    home = tmp_path / "xdg"  # the user's data dir, as platformdirs finds it (not the real one of this machine)
+    env = _clean_env(XDG_DATA_HOME=str(home), ZIMG_REDIS_URL=settings.redis_url or "",
+                     ZIMG_INFERENCE_URL=settings.inference_url)  # fmt: skip
+    for name in ("worker-cwd", "web-cwd"):
+        (tmp_path / name).mkdir()
+    port = free_port()
+    zimg = [sys.executable, "-m", "zimg_queue.cli"]
+    log = (tmp_path / "processes.log").open("ab")
+    worker = subprocess.Popen([*zimg, "worker"], env=env, cwd=tmp_path / "worker-cwd", stdout=log, stderr=log)
+    web_args = ["web", "--port", str(port), "--server", "waitress", "--threads", "4"]
+    web = subprocess.Popen([*zimg, *web_args], env=env, cwd=tmp_path / "web-cwd", stdout=log, stderr=log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", web, timeout=60, ok_codes=(200, 503))
+        producer = Producer(settings=Settings.from_env(env))
+        status = producer.wait(producer.enqueue("a lighthouse", width=64, height=64), timeout=60)
+        assert status["status"] == "finished", status
+        path = Path(status["result"]["path"])
+        assert path.is_absolute() and path.parent == home / "zimg-queue" / "images"
+        image = requests.get(f"http://127.0.0.1:{port}/v1/jobs/{status['id']}/image", timeout=10)
+        assert image.status_code == 200 and image.content == path.read_bytes()
+
+        path.unlink()  # gone: the answer says where it looked
+        missing = requests.get(f"http://127.0.0.1:{port}/v1/jobs/{status['id']}/image", timeout=10)
+        assert missing.status_code == 404 and str(path) in missing.json()["message"]
+    finally:
+        stop_processes(worker, web)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,14 @@ def test_orphaned_temp_files_of_dead_writers_are_removed_live_ones_kept(tmp_path
         p.write_bytes(b"half")
     assert store.remove_orphans() == [orphan]
     assert live.exists() and other_host.exists() and store.find(KEY, "png")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [("022", 0o644), ("027", 0o640), ("077", 0o600)])
+def test_image_files_honour_the_umask(tmp_path: Path, umask: str, mode: int):
+    """Written as open() would under the writer's umask (mkstemp alone makes every image 0600)."""
+    code = "import sys; from workers.storage import ImageStore as S; print(S(sys.argv[1]).write('a' * 64, 'png', b'x'))"
+    out = subprocess.run(
+        ["bash", "-c", f'umask {umask} && exec "$0" -c "$1" "$2"', sys.executable, code, str(tmp_path)],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert stat.S_IMODE(Path(out.stdout.strip()).stat().st_mode) == mode

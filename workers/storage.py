@@ -40,6 +40,7 @@ class ImageStore:
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.{_HOST}.{os.getpid()}.", suffix=".part", dir=self.root)
         try:
+            os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; an image is as readable as any file this user makes
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -70,6 +71,22 @@ class ImageStore:
         return p.parent == self.root and p.is_file()
 
 
+def _umask() -> int:
+    """The process umask (read without changing it where Linux allows; else set and restored at import)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Image files honour the umask like ``open()`` would (0644 under the usual 022), not ``mkstemp``'s 0600.
+FILE_MODE = 0o666 & ~_umask()
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
 
 

@@ -246,7 +246,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
-        for name, url in stack.urls().items():
+        for name, url in () if args.demo else stack.urls().items():  # the demo's servers stop with it: no URLs
             print(f"{name:>10}: {url}", flush=True)
         if args.demo:
             from .commands.up import demo_summary
@@ -255,7 +255,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             producer = Producer(settings=stack.settings)
             job_id = producer.enqueue(args.demo_prompt, width=512, height=512, seed=42)
             print(f"demo job {job_id}: {args.demo_prompt!r}", flush=True)
-            return demo_summary(producer.wait(job_id, timeout=120))
+            status = producer.wait(job_id, timeout=120)
+            stack.stop()  # first, so that no shutdown log line comes after the summary
+            return demo_summary(status)
         print("stack is up; Ctrl-C stops it", flush=True)
         while not stopping:
             dead = stack.dead()
