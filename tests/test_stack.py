@@ -3,6 +3,7 @@ for processes started in different working directories."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -100,3 +101,33 @@ def test_web_and_worker_in_different_folders_share_the_default_image_folder(proc
         assert missing.status_code == 404 and str(path) in missing.json()["message"]
     finally:
         stop_processes(worker, web)
+
+
+def test_setup_skips_pip_when_pyproject_and_extras_are_unchanged(tmp_path: Path):
+    """`scripts/demo` runs `scripts/setup` every time: with nothing changed it must not touch pip (14 s a run)."""
+    clone = tmp_path / "clone"
+    (clone / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "setup", clone / "scripts" / "setup")
+    shutil.copy(ROOT / "pyproject.toml", clone / "pyproject.toml")
+    (clone / ".venv" / "bin").mkdir(parents=True)
+    (clone / ".venv" / "bin" / "zimg").write_text("#!/bin/sh\n")
+    (clone / ".venv" / "bin" / "zimg").chmod(0o755)
+    fake_bin = tmp_path / "bin"  # a python3 that only records that it was called
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text(f"#!/bin/sh\necho called >> {tmp_path / 'calls'}\nexit 1\n")
+    (fake_bin / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+
+    def setup(*extras: str) -> int:
+        return subprocess.run(["scripts/setup", *extras], cwd=clone, env=env, capture_output=True).returncode
+
+    assert setup() != 0 and (tmp_path / "calls").exists()  # no stamp: it installs (here: the fake python3 fails)
+    (tmp_path / "calls").unlink()
+    digest = hashlib.sha256((clone / "pyproject.toml").read_bytes()).hexdigest()
+    (clone / ".venv" / ".zimg-setup").write_text(f"{digest} extras=\n{digest} extras=inference,test\n")
+    assert setup() == 0 and setup("inference,test") == 0 and not (tmp_path / "calls").exists()
+    assert setup("s3") != 0 and (tmp_path / "calls").exists()  # extras never installed: pip runs
+    (tmp_path / "calls").unlink()
+    with (clone / "pyproject.toml").open("a") as f:
+        f.write("\n# changed\n")
+    assert setup() != 0 and (tmp_path / "calls").exists()  # a changed pyproject.toml: pip runs again
