@@ -61,9 +61,9 @@ def inference_client(url: str, **client_kwargs: Any) -> InferenceClient | Infere
 
 
 def is_busy(exc: Exception) -> bool:
-    """True for a 503 answer (queue full, or the server says it is unhealthy): the server is up but cannot help now."""
+    """True for a 502/503 answer (queue full, unhealthy, a proxy with no upstream): this server cannot help now."""
     status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
-    return status == 503 or getattr(exc, "retry_after", None) is not None or "answered 503" in str(exc)
+    return status in (502, 503) or getattr(exc, "retry_after", None) is not None or "answered 503" in str(exc)
 
 
 class InferencePool:
@@ -189,3 +189,27 @@ def _answers(client: InferenceClient) -> bool:
     except Exception:  # noqa: BLE001 - refused, timed out, 503: all "not healthy"
         return False
     return True
+
+
+def servers_health(url: str, timeout: tuple[float, float] = (0.5, 2.0)) -> dict[str, Any]:
+    """A health check over ``ZIMG_INFERENCE_URL`` (one URL or a comma list): ok while at least one server answers.
+
+    With several servers ``servers`` says which answer, so a dead GPU shows up in ``/healthz``
+    while the service as a whole (its other GPUs) still works.
+    """
+    import requests
+
+    urls = split_urls(url)
+    up: dict[str, bool] = {}
+    error = None
+    for one in urls:
+        try:
+            up[one] = requests.get(f"{one}/healthz", timeout=timeout).ok
+        except requests.RequestException as exc:
+            up[one], error = False, type(exc).__name__
+    check: dict[str, Any] = {"ok": any(up.values())}
+    if len(urls) > 1:
+        check["servers"] = up
+    elif error and not check["ok"]:
+        check["error"] = error
+    return check
