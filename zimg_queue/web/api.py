@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import requests
 from flask import Blueprint, Response, jsonify, request, send_file, url_for
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.worker import Worker
 from rq.worker_registration import get_keys
 from werkzeug.exceptions import HTTPException
+
+from workers.inference_pool import servers_health
 
 from ..idempotency import IdempotencyConflict
 from ..queue import JOB_ID_RE, check_job_id
@@ -253,11 +254,7 @@ def healthz() -> tuple[Response, int]:
         checks["redis"] = {"ok": bool(state.probe.ping())}
     except (redis.exceptions.RedisError, OSError) as exc:
         checks["redis"] = {"ok": False, "error": type(exc).__name__}
-    url = f"{state.settings.inference_url.rstrip('/')}/healthz"
-    try:
-        checks["inference"] = {"ok": requests.get(url, timeout=(0.5, 2)).ok}
-    except requests.RequestException as exc:
-        checks["inference"] = {"ok": False, "error": type(exc).__name__}
+    checks["inference"] = servers_health(state.settings.inference_url)  # one URL, or one per GPU / host
     workers = 0
     if checks["redis"]["ok"]:
         keys: set = set()
