@@ -11,105 +11,102 @@ the presets file, or ``ZIMG_WATERMARK_DIR/<name>.png``), see :func:`resolve_wate
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
+from typing import Annotated, Any, Literal, get_args
 
-from .request import FORMATS, ValidationError
+from pydantic import BeforeValidator, ConfigDict, Field, Strict
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-POSITIONS = ("top-left", "top", "top-right", "left", "center", "right", "bottom-left", "bottom", "bottom-right")
-STORAGES = ("local", "s3")
+from .validation import INTEGRAL, NAME_PATTERN, URL_PATTERN, Checker, ValidationError
+
+#: ``re.match`` with ``\Z``: Python's ``$`` would also accept a trailing newline.
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+Position = Literal["top-left", "top", "top-right", "left", "center", "right", "bottom-left", "bottom", "bottom-right"]
+POSITIONS: tuple[str, ...] = get_args(Position)
+Storage = Literal["local", "s3"]
+STORAGES: tuple[str, ...] = get_args(Storage)
 MAX_URL = 2048
+DEFAULT_QUALITY = 90
+
+Name = Annotated[str, Strict(), Field(pattern=NAME_PATTERN, description="A name the operator configured.")]
+Fraction = Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
-def _errors_for(prefix: str, exc: ValidationError) -> list[dict[str, str]]:
-    return [{**e, "field": f"{prefix}.{e['field']}"} for e in exc.errors]
+def _named(value: Any) -> Any:
+    """A watermark may be given by its name alone: ``"brand"`` is ``{"name": "brand"}``."""
+    return {"name": value} if isinstance(value, str) else value
 
 
-def _number(errors: list, name: str, value: Any, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        errors.append({"field": name, "message": f"must be a number between {lo} and {hi} (got {value!r})"})
-        return lo
-    return float(value)
+def _jpg_is_jpeg(value: Any) -> Any:
+    return "jpeg" if value == "jpg" else value
 
 
-def _unknown(errors: list, data: Mapping[str, Any], known: set[str], prefix: str = "") -> None:
-    errors.extend({"field": f"{prefix}{k}", "message": "unknown field"} for k in data if k not in known)
+def _no_placeholders(value: Any) -> Any:
+    return {} if value is None else value
 
 
-@dataclass(frozen=True)
+def _placeholder_text(value: Any) -> Any:
+    """Placeholder values are text; a number (never a bool) is written as text, as a CSV cell would be."""
+    if type(value) in (int, float):
+        return str(value)
+    return value
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", title="Watermark"))
 class Watermark:
     """A named watermark image, pasted ``scale`` x the image width, ``margin`` x the short side from the edge."""
 
-    name: str
-    position: str = "bottom-right"
-    margin: float = 0.03
-    opacity: float = 0.8
-    scale: float = 0.2
+    name: Name
+    position: Position = "bottom-right"
+    margin: Annotated[float, Strict(), Field(ge=0.0, le=0.5, allow_inf_nan=False)] = 0.03
+    opacity: Fraction = 0.8
+    scale: Annotated[float, Strict(), Field(ge=0.01, le=1.0, allow_inf_nan=False)] = 0.2
+    #: Set by the producer that resolved ``name`` (a client's value is replaced): workers read the image
+    #: from Redis by this digest (``zimg_queue.watermarks``), so they need none of the producer's configuration.
+    sha256: (
+        Annotated[
+            str, Strict(), Field(pattern=r"^[0-9a-f]{64}$", description="Set by the producer; the image's SHA-256.")
+        ]
+        | None
+    ) = None
 
     @classmethod
     def from_dict(cls, data: Any) -> Watermark:
-        if isinstance(data, str):
-            data = {"name": data}
-        if not isinstance(data, Mapping):
-            raise ValidationError.single("watermark", "must be a name or an object with a name")
-        errors: list[dict[str, str]] = []
-        _unknown(errors, data, {"name", "position", "margin", "opacity", "scale"})
-        name = data.get("name")
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            errors.append({"field": "name", "message": "must be a configured watermark name ([A-Za-z0-9_-])"})
-        position = data.get("position", cls.position)
-        if position not in POSITIONS:
-            errors.append({"field": "position", "message": f"must be one of {', '.join(POSITIONS)}"})
-        margin = _number(errors, "margin", data.get("margin", cls.margin), 0.0, 0.5)
-        opacity = _number(errors, "opacity", data.get("opacity", cls.opacity), 0.0, 1.0)
-        scale = _number(errors, "scale", data.get("scale", cls.scale), 0.01, 1.0)
-        if errors:
-            raise ValidationError(errors)
-        return cls(name, position, margin, opacity, scale)
+        """A watermark from its name or an object; :class:`ValidationError` naming the bad fields."""
+        result: Watermark = _checker(cls, "watermark").validate(_named(data))
+        return result
 
 
-@dataclass(frozen=True)
+WatermarkSpec = Annotated[
+    Watermark | None,
+    BeforeValidator(_named, json_schema_input_type=Name | Watermark | None),
+    Field(description="A configured watermark, by name or with placement."),
+]
+ImageFormat = Annotated[
+    Literal["png", "jpeg", "webp", "jpg"] | None,
+    BeforeValidator(_jpg_is_jpeg),
+    Field(description="Convert the final image; lowercase, jpg is read as jpeg."),
+]
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", title="Postprocess"))
 class Postprocess:
     """Pillow steps after inference: watermark, then format conversion, then an optional thumbnail."""
 
-    watermark: Watermark | None = None
-    format: str | None = None
-    quality: int = 90
+    watermark: WatermarkSpec = None
+    format: ImageFormat = None
+    quality: Annotated[int, Field(ge=1, le=100, description="JPEG/WebP quality."), INTEGRAL] = DEFAULT_QUALITY
     #: Longest side of the thumbnail in pixels; ``None`` writes none.
-    thumbnail: int | None = None
+    thumbnail: Annotated[int, Field(ge=16, le=2048), INTEGRAL] | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> Postprocess:
-        if not isinstance(data, Mapping):
-            raise ValidationError.single("postprocess", "must be an object")
-        errors: list[dict[str, str]] = []
-        _unknown(errors, data, {"watermark", "format", "quality", "thumbnail"})
-        watermark = None
-        if data.get("watermark") is not None:
-            try:
-                watermark = Watermark.from_dict(data["watermark"])
-            except ValidationError as exc:
-                errors.extend(_errors_for("watermark", exc) if exc.errors[0]["field"] != "watermark" else exc.errors)
-        fmt = data.get("format")
-        if fmt is not None:
-            fmt = str(fmt).lower().replace("jpg", "jpeg")
-            if fmt not in FORMATS:
-                errors.append({"field": "format", "message": f"must be one of {', '.join(FORMATS)}"})
-        quality = data.get("quality", cls.quality)
-        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-            errors.append({"field": "quality", "message": f"must be an integer 1-100 (got {quality!r})"})
-        thumb = data.get("thumbnail")
-        if thumb is not None and (isinstance(thumb, bool) or not isinstance(thumb, int) or not 16 <= thumb <= 2048):
-            errors.append({"field": "thumbnail", "message": f"must be an integer 16-2048 (got {thumb!r})"})
-        if errors:
-            raise ValidationError(errors)
-        return cls(watermark, fmt, quality, thumb)
+        """Validate ``data``; :class:`ValidationError` names each bad field (``watermark.name``, ``quality``)."""
+        result: Postprocess = _checker(cls, "postprocess").validate(data)
+        return result
 
     def merged(self, over: Postprocess | None) -> Postprocess:
         """``over``'s set fields win (a request refining its preset's post-processing)."""
@@ -118,7 +115,7 @@ class Postprocess:
         return Postprocess(
             watermark=over.watermark or self.watermark,
             format=over.format or self.format,
-            quality=over.quality if over.quality != Postprocess.quality else self.quality,
+            quality=over.quality if over.quality != DEFAULT_QUALITY else self.quality,
             thumbnail=over.thumbnail or self.thumbnail,
         )
 
@@ -127,15 +124,35 @@ class Postprocess:
         return self.watermark is None and self.format is None and self.thumbnail is None
 
 
-@dataclass(frozen=True)
-class JobOptions:
-    """Everything a job carries besides the request. Build with :meth:`from_dict`; JSON via :meth:`to_dict`."""
+#: Non-empty ``placeholders`` fill a preset's template: they need ``preset``.
+_PLACEHOLDERS_NEED_PRESET = {
+    "if": {"required": ["placeholders"], "properties": {"placeholders": {"minProperties": 1}}},
+    "then": {"required": ["preset"]},
+}
 
-    preset: str | None = None
-    placeholders: Mapping[str, str] = field(default_factory=dict)
+
+@pydantic_dataclass(
+    frozen=True, config=ConfigDict(extra="forbid", title="JobOptions", json_schema_extra=_PLACEHOLDERS_NEED_PRESET)
+)
+class JobOptions:
+    """Everything a job carries besides the request: preset, post-processing, webhook, storage."""
+
+    preset: Name | None = None
+    placeholders: Annotated[
+        dict[str, Annotated[str, BeforeValidator(_placeholder_text, json_schema_input_type=str | float)]],
+        BeforeValidator(_no_placeholders, json_schema_input_type=dict[str, str | float] | None),
+        Field(description="Values for the preset's {name} fields (needs preset)."),
+    ] = dataclasses.field(default_factory=dict)
     postprocess: Postprocess | None = None
-    webhook_url: str | None = None
-    storage: str | None = None
+    webhook_url: (
+        Annotated[
+            str,
+            Strict(),
+            Field(max_length=MAX_URL, pattern=URL_PATTERN, description="POSTed the job's status when it ends, signed."),
+        ]
+        | None
+    ) = None
+    storage: Annotated[Storage | None, Field(description="Where the image goes besides the local folder.")] = None
 
     @classmethod
     def from_dict(cls, data: Any) -> JobOptions:
@@ -144,53 +161,26 @@ class JobOptions:
             return cls()
         if isinstance(data, JobOptions):
             return data
-        if not isinstance(data, Mapping):
-            raise ValidationError.single("options", "must be an object")
-        errors: list[dict[str, str]] = []
-        _unknown(errors, data, {"preset", "placeholders", "postprocess", "webhook_url", "storage"}, "options.")
-        preset = data.get("preset")
-        if preset is not None and (not isinstance(preset, str) or not NAME_RE.match(preset)):
-            errors.append({"field": "options.preset", "message": "must be a preset name ([A-Za-z0-9_-])"})
-        placeholders = data.get("placeholders") or {}
-        if not isinstance(placeholders, Mapping):
-            errors.append({"field": "options.placeholders", "message": "must be an object of strings"})
-            placeholders = {}
-        clean: dict[str, str] = {}
-        for key, value in placeholders.items():
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                errors.append({"field": f"options.placeholders.{key}", "message": "must be a string"})
-            else:
-                clean[str(key)] = str(value)
-        post = None
-        if data.get("postprocess") is not None:
-            try:
-                post = Postprocess.from_dict(data["postprocess"])
-            except ValidationError as exc:
-                errors.extend(_errors_for("options.postprocess", exc))
-        url = data.get("webhook_url")
-        if url is not None:
-            parsed = urlparse(url) if isinstance(url, str) else None
-            if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc or len(url) > MAX_URL:
-                errors.append({"field": "options.webhook_url", "message": "must be an http:// or https:// URL"})
-        storage = data.get("storage")
-        if storage is not None and storage not in STORAGES:
-            errors.append({"field": "options.storage", "message": f"must be one of {', '.join(STORAGES)}"})
-        if errors:
-            raise ValidationError(errors)
-        return cls(preset, clean, post, url, storage)
+        opts: JobOptions = _checker(cls, "options").validate(data, prefix="options.")
+        if opts.placeholders and not opts.preset:  # the schema's if/then (_PLACEHOLDERS_NEED_PRESET)
+            raise ValidationError.single("options.placeholders", "need options.preset")
+        return opts
 
     def to_dict(self) -> dict[str, Any]:
         """Only the set fields, so job arguments stay small."""
         if not (self.preset or self.placeholders or self.postprocess or self.webhook_url or self.storage):
             return {}  # the common case, on the enqueue hot path: skip asdict()
-        out = {k: v for k, v in asdict(self).items() if v not in (None, {})}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, {})}
         if "postprocess" in out:
             out["postprocess"] = {
-                k: v for k, v in out["postprocess"].items() if v is not None and not (k == "quality" and v == 90)
+                k: v
+                for k, v in out["postprocess"].items()
+                if v is not None and not (k == "quality" and v == DEFAULT_QUALITY)
             }
             wm = out["postprocess"].get("watermark")
             if wm:
-                out["postprocess"]["watermark"] = {k: v for k, v in wm.items() if getattr(Watermark, k, None) != v}
+                defaults = {f.name: f.default for f in dataclasses.fields(Watermark)}
+                out["postprocess"]["watermark"] = {k: v for k, v in wm.items() if defaults.get(k) != v}
             if not out["postprocess"]:
                 del out["postprocess"]
         if "placeholders" in out:
@@ -200,6 +190,16 @@ class JobOptions:
     @property
     def empty(self) -> bool:
         return not self.to_dict()
+
+
+_CHECKERS: dict[type, Checker] = {}
+
+
+def _checker(cls: type, root: str) -> Checker:
+    checker = _CHECKERS.get(cls)
+    if checker is None:
+        checker = _CHECKERS[cls] = Checker(cls, root=root)
+    return checker
 
 
 def watermark_sources(presets: str | os.PathLike[str] | None = None) -> tuple[dict[str, Path], Path | None]:

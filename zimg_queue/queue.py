@@ -26,7 +26,7 @@ from .settings import PRIORITIES, Settings
 
 #: The job function, named by string so producers never import worker code.
 JOB_FUNC = "workers.job.generate"
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")  # \Z: Python's $ also matches before a final "\n"
 
 RequestLike = GenerateRequest | Mapping[str, Any] | str
 OptionsLike = JobOptions | Mapping[str, Any]

@@ -1,20 +1,39 @@
-"""``GenerateRequest``: the one schema every entry point validates with.
+"""``GenerateRequest``: the one model every entry point validates with.
 
-The fields are those of the upstream Z-Image-Turbo server's ``POST /v1/generate``.
-Validation collects *every* problem and raises one :class:`ValidationError` whose
-message names each field and the rule it broke, so a Flask view can hand it to
-its client as-is. The JSON Schema used by the OpenAPI document is generated from
-the same table (:func:`json_schema`), so docs and checks cannot drift apart.
+The fields are those of the upstream Z-Image-Turbo server's ``POST /v1/generate``. The
+producer, the web API, the worker and the inference server all build it with
+:meth:`GenerateRequest.from_dict`, which collects *every* problem into one
+:class:`ValidationError` naming each field and the rule it broke. It is a pydantic v2
+dataclass: pydantic-core runs the checks, and :func:`json_schema` (what the OpenAPI
+document publishes) is written by pydantic from the same field declarations.
+
+Edges, decided here once (``tests/test_differential.py`` holds the server to the schema):
+
+* ``512.0`` is the integer 512 (JSON Schema's ``"integer"`` says so too); ``true``, ``"512"`` and
+  ``512.5`` are not integers.
+* ``prompt`` must hold a character that is not whitespace; no text holds NUL (``pattern``).
+* ``seed`` absent or ``null``: the producer draws one and stores it, so every image can be remade.
+* ``output_format`` is lowercase ``png``, ``jpeg`` or ``webp``; ``jpg`` is read as ``jpeg``. ``"PNG"`` is rejected.
+* ``guidance_scale`` is ``0`` or ``0.0`` only: Turbo is distilled without classifier-free guidance.
+* Unknown fields are rejected (``additionalProperties: false``).
+* ``width x height <= max_pixels`` is a deployment setting (``ZIMG_MAX_PIXELS``), checked by
+  :meth:`~GenerateRequest.from_dict`; its default (2048²) never binds within the size bounds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, Strict
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from .validation import INTEGRAL, PROMPT_PATTERN, TEXT_PATTERN, Checker, ValidationError, integral, rule_error
+
+__all__ = ["GenerateRequest", "UpstreamRequest", "ValidationError", "json_schema", "SCHEMA"]
 
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**32 - 1
@@ -22,171 +41,156 @@ SIZE_STEP = 64
 MIN_SIZE, MAX_SIZE = 64, 2048
 FORMATS = ("png", "jpeg", "webp")
 DEFAULT_MAX_PIXELS = 2048 * 2048
+GUIDANCE_MESSAGE = (
+    "must be 0.0: Z-Image-Turbo is distilled without classifier-free guidance "
+    "and gives black or empty images otherwise (got {value!r})"
+)
 
 
-class ValidationError(ValueError):
-    """A request broke the schema. ``errors`` is a list of ``{"field", "message"}``.
-
-    ``str(error)`` joins them: ``"width: must be a multiple of 64 (got 1000)"``.
-    """
-
-    def __init__(self, errors: list[dict[str, str]]):
-        self.errors = errors
-        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
-
-    @classmethod
-    def single(cls, field: str, message: str) -> ValidationError:
-        return cls([{"field": field, "message": message}])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"error": "validation_error", "message": str(self), "errors": self.errors}
+def draw_seed() -> int:
+    """A seed for a request that named none (``secrets``: not predictable from earlier seeds)."""
+    return secrets.randbelow(MAX_SEED + 1)
 
 
-# name -> (JSON Schema of the field, default). ``None`` default means required.
-SCHEMA: dict[str, tuple[dict[str, Any], Any]] = {
-    "prompt": ({"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS}, None),
-    "negative_prompt": ({"type": "string", "maxLength": MAX_PROMPT_CHARS}, ""),
-    "width": (
-        {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": SIZE_STEP},
-        1024,
+def _seed(value: Any) -> Any:
+    return draw_seed() if value is None else integral(value)
+
+
+def _nullable(schema: dict[str, Any]) -> None:
+    schema["type"] = [schema.get("type", "integer"), "null"]
+
+
+def _turbo_guidance(value: Any) -> float:
+    if type(value) in (int, float) and value == 0:
+        return 0.0
+    raise rule_error(GUIDANCE_MESSAGE.format(value=value))
+
+
+def _jpg_is_jpeg(value: Any) -> Any:
+    return "jpeg" if value == "jpg" else value
+
+
+Prompt = Annotated[
+    str,
+    Strict(),
+    Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        pattern=PROMPT_PATTERN,
+        description="What to draw: text with at least one non-whitespace character, no NUL.",
     ),
-    "height": (
-        {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": SIZE_STEP},
-        1024,
+]
+NegativePrompt = Annotated[
+    str,
+    Strict(),
+    Field(
+        max_length=MAX_PROMPT_CHARS,
+        pattern=TEXT_PATTERN,
+        description="What to avoid (ignored by Turbo at guidance 0); no NUL.",
     ),
-    "num_inference_steps": ({"type": "integer", "minimum": 1, "maximum": 50}, 8),
-    "guidance_scale": (
-        {
-            "type": "number",
-            "enum": [0.0],
-            "description": "Z-Image-Turbo is distilled for 0.0; other values give black or empty images.",
-        },
-        0.0,
+]
+Size = Annotated[
+    int,
+    Field(
+        ge=MIN_SIZE,
+        le=MAX_SIZE,
+        multiple_of=SIZE_STEP,
+        description=f"Pixels, a multiple of {SIZE_STEP}; width x height is at most ZIMG_MAX_PIXELS (default 2048²).",
     ),
-    "seed": ({"type": "integer", "minimum": 0, "maximum": MAX_SEED}, "random"),
-    "output_format": ({"type": "string", "enum": list(FORMATS)}, "png"),
-}
+    INTEGRAL,
+]
+Steps = Annotated[int, Field(ge=1, le=50, description="Denoising steps; Turbo is distilled for 8."), INTEGRAL]
+Guidance = Annotated[
+    float,
+    Field(
+        json_schema_extra={"enum": [0.0]},
+        description="Must be 0.0: Z-Image-Turbo is distilled for 0.0; other values give black or empty images.",
+    ),
+    BeforeValidator(_turbo_guidance),
+]
+Seed = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=MAX_SEED,
+        json_schema_extra=_nullable,
+        description="Absent or null: the producer draws one and stores it, so every result can be remade.",
+    ),
+    BeforeValidator(_seed),
+]
+OutputFormat = Annotated[
+    Literal["png", "jpeg", "webp", "jpg"],
+    Field(description="Lowercase; jpg is read as jpeg. The worker converts to webp with Pillow."),
+    BeforeValidator(_jpg_is_jpeg),
+]
+UpstreamFormat = Annotated[
+    Literal["png", "jpeg", "jpg"],
+    Field(description="What the upstream server encodes; jpg is read as jpeg."),
+    BeforeValidator(_jpg_is_jpeg),
+]
 
 
-def json_schema(extra: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """JSON Schema (OpenAPI 3.1 dialect) of a generate request, plus ``extra`` properties."""
-    props: dict[str, Any] = {}
-    for name, (schema, default) in SCHEMA.items():
-        props[name] = dict(schema)
-        if default not in (None, "random"):
-            props[name]["default"] = default
-    props.update(extra or {})
-    return {"type": "object", "required": ["prompt"], "properties": props, "additionalProperties": False}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_int(errors: list, name: str, value: Any, lo: int, hi: int) -> None:
-    if not _is_int(value):
-        errors.append({"field": name, "message": f"must be an integer (got {type(value).__name__})"})
-    elif not lo <= value <= hi:
-        errors.append({"field": name, "message": f"must be between {lo} and {hi} (got {value})"})
-
-
-def _check_size(errors: list, name: str, value: Any) -> None:
-    before = len(errors)
-    _check_int(errors, name, value, MIN_SIZE, MAX_SIZE)
-    if len(errors) == before and value % SIZE_STEP:
-        errors.append({"field": name, "message": f"must be a multiple of {SIZE_STEP} (got {value})"})
-
-
-def _check_text(errors: list, name: str, value: Any, required: bool) -> None:
-    if not isinstance(value, str):
-        errors.append({"field": name, "message": f"must be a string (got {type(value).__name__})"})
-    elif required and not value.strip():
-        errors.append({"field": name, "message": "must not be empty"})
-    elif len(value) > MAX_PROMPT_CHARS:
-        errors.append({"field": name, "message": f"must be at most {MAX_PROMPT_CHARS} characters"})
-    elif "\x00" in value:
-        errors.append({"field": name, "message": "must not contain NUL characters"})
-    elif not value.isascii() and not _encodes(value):  # "\ud800" is valid JSON but not text: no key, no image
-        errors.append({"field": name, "message": "must be valid Unicode text (lone surrogate)"})
-
-
-def _encodes(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", title="GenerateRequest"))
 class GenerateRequest:
-    """A validated text-to-image request. Build with :meth:`from_dict`; never invalid."""
+    """A text-to-image request: the upstream Z-Image-Turbo server's ``POST /v1/generate`` fields."""
 
-    prompt: str
-    negative_prompt: str = ""
-    width: int = 1024
-    height: int = 1024
-    num_inference_steps: int = 8
-    guidance_scale: float = 0.0
-    seed: int = 0
-    output_format: str = "png"
+    # Build with from_dict(): it checks the pixel budget too, and names every bad field at once.
+
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    width: Size = 1024
+    height: Size = 1024
+    num_inference_steps: Steps = 8
+    guidance_scale: Guidance = 0.0
+    seed: Seed = dataclasses.field(default_factory=draw_seed)
+    output_format: OutputFormat = "png"
 
     @classmethod
     def from_dict(cls, data: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> GenerateRequest:
         """Validate ``data`` (a mapping of the request fields); draw a seed when none is given."""
-        if not isinstance(data, Mapping):
-            raise ValidationError.single("body", "must be a JSON object")
-        errors: list[dict[str, str]] = []
-        for name in data:
-            if name not in SCHEMA:
-                errors.append({"field": str(name), "message": "unknown field"})
-        values = {name: data.get(name, default) for name, (_, default) in SCHEMA.items()}
-        if "prompt" not in data:
-            errors.append({"field": "prompt", "message": "is required"})
-        else:
-            _check_text(errors, "prompt", values["prompt"], required=True)
-        _check_text(errors, "negative_prompt", values["negative_prompt"], required=False)
-        _check_size(errors, "width", values["width"])
-        _check_size(errors, "height", values["height"])
-        if not any(e["field"] in ("width", "height") for e in errors):
-            if values["width"] * values["height"] > max_pixels:
-                errors.append(
-                    {
-                        "field": "width",
-                        "message": f"width x height must be at most {max_pixels} pixels "
-                        f"(got {values['width']}x{values['height']})",
-                    }
-                )
-        _check_int(errors, "num_inference_steps", values["num_inference_steps"], 1, 50)
-        guidance = values["guidance_scale"]
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or guidance != 0:
-            errors.append(
-                {
-                    "field": "guidance_scale",
-                    "message": f"must be 0.0: Z-Image-Turbo is distilled without classifier-free guidance "
-                    f"and gives black or empty images otherwise (got {guidance!r})",
-                }
-            )
-        if values["seed"] == "random" or values["seed"] is None:
-            values["seed"] = secrets.randbelow(MAX_SEED + 1)
-        _check_int(errors, "seed", values["seed"], 0, MAX_SEED)
-        fmt = values["output_format"]
-        if not isinstance(fmt, str) or fmt.lower() not in FORMATS and fmt.lower() != "jpg":
-            errors.append({"field": "output_format", "message": f"must be one of {', '.join(FORMATS)} (got {fmt!r})"})
-        if errors:
-            raise ValidationError(errors)
-        fmt = fmt.lower().replace("jpg", "jpeg")
-        return cls(**{**values, "guidance_scale": 0.0, "output_format": fmt})
+        req: GenerateRequest = _checker(cls).validate(data)
+        if req.width * req.height > max_pixels:
+            message = f"width x height must be at most {max_pixels} pixels (got {req.width}x{req.height})"
+            raise ValidationError.single("width", message)
+        return req
 
     def to_dict(self) -> dict[str, Any]:
         # A flat copy: dataclasses.asdict() deep-copies recursively and was a tenth of enqueue_many's time.
-        return {name: getattr(self, name) for name in SCHEMA}
+        return {name: getattr(self, name) for name in FIELDS}
 
     @property
     def key(self) -> str:
         """SHA-256 of the canonical request: the same request always names the same file.
 
-        Python's ``hash()`` is salted per process, so it can never be used for this.
+        Python's ``hash()`` is salted per process, so it can never be used for this. The
+        bytes hashed must never change: images already stored are found by this key.
         """
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", title="UpstreamGenerateRequest"))
+class UpstreamRequest(GenerateRequest):
+    """The inference server's ``POST /v1/generate`` body: the same fields, but only the formats it encodes."""
+
+    output_format: UpstreamFormat = "png"
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(GenerateRequest))
+_CHECKERS: dict[type, Checker] = {}
+
+
+def _checker(cls: type) -> Checker:
+    checker = _CHECKERS.get(cls)
+    if checker is None:
+        checker = _CHECKERS[cls] = Checker(cls)
+    return checker
+
+
+def json_schema(model: type[GenerateRequest] = GenerateRequest) -> dict[str, Any]:
+    """JSON Schema (Draft 2020-12, the OpenAPI 3.1 dialect) of a generate request, written by pydantic."""
+    return _checker(model).schema
+
+
+#: Field name -> its published JSON Schema (``name in SCHEMA`` asks "is this a request field?").
+SCHEMA: dict[str, dict[str, Any]] = dict(json_schema()["properties"])

@@ -268,8 +268,10 @@ def healthz() -> tuple[Response, int]:
 
 @bp.get("/v1/openapi.json")
 def openapi() -> Response:
-    """The OpenAPI 3.1 document of these routes, built from the schema the code validates with."""
-    from .openapi import document
+    """The OpenAPI 3.1 document of the routes this app serves, generated from the models the code validates with."""
+    from flask import current_app
+
+    from .openapi import for_app
 
     prefix = url_for(".create_job")[: -len("/v1/jobs")]
-    return jsonify(document(server_url=prefix or "/"))
+    return jsonify(for_app(current_app, prefix, get_state().producer.presets_path))
