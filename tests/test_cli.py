@@ -1,0 +1,150 @@
+"""The ``zimg`` command as a user meets it: one line for a mistake, one Redis chosen one way and said, output for
+a person by default and JSON on request, progress only on a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zimg_queue.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def zimg(*args: str, env: dict[str, str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zimg_queue.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=kw.pop("cwd", ROOT), **kw)  # fmt: skip
+
+
+def one_line_error(done: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The run failed with ``code`` and said so in one last line, without a traceback."""
+    assert done.returncode == code, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def env(procs) -> dict[str, str]:
+    return procs.env()
+
+
+def test_version(env):
+    done = zimg("--version", env=env)
+    assert done.returncode == 0 and done.stdout.startswith("zimg ") and done.stdout.split()[1][0].isdigit()
+
+
+@pytest.mark.parametrize("command", ["status", "cancel"])
+def test_an_unknown_id_is_one_line_and_exit_1(env, command):
+    line = one_line_error(zimg(command, "does-not-exist", env=env))
+    assert "no job 'does-not-exist'" in line and "check the id" in line
+
+
+def test_redis_down_is_one_line_naming_the_url_and_where_it_came_from(env):
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    for args in (["status", "x"], ["generate", "a cat"], ["batch", "prompts.txt"]):
+        line = one_line_error(zimg(*args, env={**env, "ZIMG_REDIS_URL": down}))
+        assert f"no Redis answers at {down} (from ZIMG_REDIS_URL)" in line and "zimg up" in line
+
+
+def test_redis_url_works_before_or_after_the_subcommand_and_is_logged_once_with_its_source(env, producer):
+    job_id = producer.enqueue("a cat", width=64, height=64)
+    url = env.pop("ZIMG_REDIS_URL")
+    for args in (["--redis-url", url, "status", job_id], ["status", job_id, "--redis-url", url]):
+        done = zimg(*args, env=env)
+        assert done.returncode == 0, done.stderr
+        assert job_id in done.stdout and "queued" in done.stdout
+        said = [json.loads(line) for line in done.stderr.splitlines() if '"redis' in line]
+        assert [(s["url"], s["source"]) for s in said] == [(url, "--redis-url")]
+
+
+def test_producer_enqueue_and_the_flask_extension_resolve_redis_the_same_way(env, settings, tmp_path):
+    """No ZIMG_REDIS_URL: a running `zimg up`'s recorded private Redis, for every entry point alike."""
+    data = tmp_path / "data"
+    (data / "redis").mkdir(parents=True)
+    (data / "redis" / "url").write_text(settings.redis_url + "\n")  # what `zimg up` records for its private Redis
+    code = (
+        "import zimg_queue; from zimg_queue import Producer, Settings; from flask import Flask; "
+        "from zimg_queue.web import ZimgQueue; "
+        "print(Producer(settings=Settings.from_env()).settings.redis_url); "
+        "print(zimg_queue.default_producer().settings.redis_url); "
+        "print(ZimgQueue(Flask('x')).settings.redis_url)"
+    )
+    clean = {k: v for k, v in env.items() if k != "ZIMG_REDIS_URL"}
+    done = subprocess.run([sys.executable, "-c", code], env={**clean, "ZIMG_DATA_DIR": str(data)},
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stdout.splitlines() if line.startswith("redis://")] == [settings.redis_url] * 3
+    said = done.stdout + done.stderr  # (structlog, unconfigured by a script, prints to stdout)
+    assert said.count("zimg up") == 1 and said.count(settings.redis_url) == 4  # logged once, with its source
+
+    flask = "from flask import Flask; from zimg_queue.web import ZimgQueue; a = Flask('x'); "
+    flask += f"a.config['ZIMG_REDIS_URL'] = {settings.redis_url!r}; ZimgQueue(a)"
+    done = subprocess.run([sys.executable, "-c", flask], env=clean, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "app.config" in done.stdout + done.stderr, done.stderr
+
+
+def test_guidance_scale_is_a_flag_and_the_schema_explains_the_rule(env):
+    line = one_line_error(zimg("generate", "a cat", "--guidance-scale", "3.5", env=env), code=2)
+    assert "guidance_scale: must be 0.0" in line and "distilled" in line
+
+
+def test_json_on_generate_status_cancel(env):
+    done = zimg("generate", "a cat", "--width", "64", "--height", "64", "--json", env=env)
+    job_id = json.loads(done.stdout)["id"]
+    status = zimg("status", job_id, "--json", env=env)
+    assert json.loads(status.stdout)["status"] == "queued"
+    human = zimg("status", job_id, env=env).stdout
+    assert human.splitlines()[0].split() == ["id", job_id] and "status    queued" in human
+    cancelled = zimg("cancel", job_id, "--json", env=env)
+    assert json.loads(cancelled.stdout)["status"] == "canceled"
+    assert zimg("cancel", job_id, env=env).stdout.strip() == f"job {job_id} is canceled"
+
+
+def test_batch_mistakes_name_the_file_line_and_every_bad_item(env, tmp_path):
+    missing = one_line_error(zimg("batch", str(tmp_path / "nope.txt"), env=env))
+    assert "no such file" in missing and "nope.txt" in missing
+
+    bad = tmp_path / "items.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": "x", "width": 100}\n{"prompt": "y", "height": 7}\n')
+    line = one_line_error(zimg("batch", str(bad), env=env), code=2)
+    assert "items.jsonl line 2: width" in line and "items.jsonl line 3: height" in line
+
+
+def _run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run with stderr on a pseudo-terminal (as a person would see it); return the exit code and what it drew."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "zimg_queue.cli", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=slave)  # fmt: skip
+    os.close(slave)
+    drawn = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    proc.wait(timeout=60)
+    return proc.returncode, drawn.decode(errors="replace")
+
+
+def test_generate_wait_shows_progress_on_a_terminal_only(stack):
+    env = stack.env()
+    args = ["generate", "a lighthouse", "--width", "64", "--height", "64", "--wait"]
+    code, drawn = _run_on_a_terminal(args, env)
+    assert code == 0 and "\r" in drawn and "finished" in drawn
+    plain = zimg(*args, "--seed", "5", env=env)
+    assert plain.returncode == 0 and "\r" not in plain.stderr
+    assert Path(plain.stdout.strip()).is_file()
