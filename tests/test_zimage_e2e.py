@@ -182,7 +182,7 @@ def test_job_meta_shows_inference_step_k_of_n(zimage_server: Proc, procs: Proces
 def test_oom_inside_a_batch_splits_and_answers_every_request(
     zimage_backend: ZImageBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The real backend under the real batcher: a CUDA OOM for batches above 2 halves 8 into 2s; all answered."""
+    """The real backend under the real batcher: a CUDA OOM at 8 caps the shape at 1 (nothing had fit yet); all answered."""
     pipeline_class = type(zimage_backend._pipe)
     real_call = pipeline_class.__call__
     sizes: list[int] = []
@@ -202,12 +202,19 @@ def test_oom_inside_a_batch_splits_and_answers_every_request(
         images = [item.future.result(timeout=60) for item in items]
     finally:
         batcher.close()
-    assert sizes == [8, 4, 2, 2, 4, 2, 2]
-    assert batcher.stats["oom_splits"] == 3 and batcher.stats["images"] == 8
-    assert {item.batch_size for item in items} == {2}
+    assert sizes == [8] + [1] * 8  # one failed call, not 8, 4, 4 as halving would make
+    assert batcher.stats["failed_calls"] == 1 and batcher.stats["images"] == 8
+    assert {item.batch_size for item in items} == {1}
     for image, single in zip(images, expected):
         assert image.size == (64, 64)
         assert np.abs(pixels(image) - pixels(single)).max() <= 1
+
+
+def test_a_prompt_over_the_token_limit_is_422_with_its_count(zimage_server: Proc) -> None:
+    resp = requests.post(f"{zimage_server.url}/v1/generate", json={"prompt": "y" * 1500, "width": 64, "height": 64})
+    assert resp.status_code == 422
+    [detail] = resp.json()["detail"]
+    assert detail["loc"] == ["body", "prompt"] and "tokens" in detail["msg"] and "512" in detail["msg"]
 
 
 def test_zimg_up_with_zimg_model_serves_a_job(

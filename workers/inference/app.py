@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from flask import Flask, Response, jsonify, request
 
-from zimg_queue.request import GenerateRequest, ValidationError
+from zimg_queue.request import UpstreamRequest, ValidationError
 from zimg_queue.tokens import token_matches
 
 from .backends.base import Backend, InferenceRequest, OutOfMemory
@@ -93,9 +93,7 @@ def create_app(batcher: Batcher, *, max_pixels: int = 2048 * 2048, token: str | 
         try:
             body = read_json(request)
             deadline = _deadline(request.headers.get("X-Zimg-Deadline"))
-            req = GenerateRequest.from_dict(body, max_pixels=max_pixels)
-            if req.output_format not in UPSTREAM_FORMATS:
-                raise ValidationError.single("output_format", "must be png or jpeg")
+            req = UpstreamRequest.from_dict(body, max_pixels=max_pixels)  # the schema /v1/openapi.json publishes
             fault = faults() if faults else None
             if fault == "fail":
                 return answer(500, "injected failure (sim backend)", "error")
@@ -152,6 +150,13 @@ def create_app(batcher: Batcher, *, max_pixels: int = 2048 * 2048, token: str | 
         if outcome is False:
             return jsonify(detail="the request is already on the GPU; its answer will come"), 409
         return Response(status=204)
+
+    @app.get("/v1/openapi.json")
+    def openapi() -> Any:
+        """This server's OpenAPI 3.1 document, generated from :class:`UpstreamRequest` (what it validates with)."""
+        from zimg_queue.web.openapi import upstream_document
+
+        return jsonify(upstream_document())
 
     @app.get("/v1/progress/<request_id>")
     def progress(request_id: str) -> Any:

@@ -234,8 +234,12 @@ class ZImageBackend:
         return info
 
     def close(self) -> None:
-        """Drop the pipeline and return its GPU memory."""
+        """Drop the pipeline and return its GPU memory (and diffusers' process-wide attention backend)."""
         with self._lock:
+            if self._pipe is not None and self.attention != "native":
+                from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+                _AttentionBackendRegistry.set_active_backend(AttentionBackendName.NATIVE)
             self._pipe = None
             gc.collect()
             if self._torch.cuda.is_available():
