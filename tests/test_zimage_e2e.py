@@ -182,7 +182,7 @@ def test_job_meta_shows_inference_step_k_of_n(zimage_server: Proc, procs: Proces
 def test_oom_inside_a_batch_splits_and_answers_every_request(
     zimage_backend: ZImageBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The real backend under the real batcher: a CUDA OOM at 8 caps the shape at 1 (nothing had fit yet); all answered."""
+    """The real backend under the real batcher: an OOM at 8 caps the shape at 1 (nothing had fit yet); all answered."""
     pipeline_class = type(zimage_backend._pipe)
     real_call = pipeline_class.__call__
     sizes: list[int] = []
