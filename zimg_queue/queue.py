@@ -20,6 +20,8 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from .connection import shared
+from .idempotency import META_KEY as IDEMPOTENCY_META
+from .idempotency import check_same, fingerprint
 from .options import JobOptions
 from .request import GenerateRequest, ValidationError
 from .settings import PRIORITIES, Settings
@@ -104,6 +106,10 @@ class Producer:
             req = self.validate(request, **fields)
         if opts.postprocess is not None and opts.postprocess.watermark is not None:
             opts = self._watermark_by_content(opts)
+        if opts.webhook_url:  # no loopback/private targets unless allowed (the worker checks again after DNS)
+            from .webhook_targets import check_url
+
+            check_url(opts.webhook_url, allow_private=self.settings.webhook_allow_private)
         return req, opts
 
     def _watermark_by_content(self, opts: JobOptions) -> JobOptions:
@@ -176,7 +182,12 @@ class Producer:
         Raises :class:`ValidationError` and enqueues nothing when the request is bad.
         """
         req, job_opts = self.prepare(request, options, **fields)
-        return self.enqueue_prepared(req, job_opts, job_id=job_id, priority=priority, meta=meta)
+        seed_given = (
+            isinstance(request, GenerateRequest)
+            or fields.get("seed") is not None
+            or (isinstance(request, Mapping) and request.get("seed") is not None)
+        )
+        return self.enqueue_prepared(req, job_opts, job_id=job_id, priority=priority, meta=meta, seed_given=seed_given)
 
     def enqueue_prepared(
         self,
@@ -186,11 +197,19 @@ class Producer:
         job_id: str | None = None,
         priority: str = "normal",
         meta: Mapping[str, Any] | None = None,
+        seed_given: bool = True,
     ) -> str:
-        """Enqueue what :meth:`prepare` returned, without validating it again (the web API's path)."""
+        """Enqueue what :meth:`prepare` returned, without validating it again (the web API's path).
+
+        With ``job_id``, an existing job of that id asked for something else raises
+        :class:`~zimg_queue.idempotency.IdempotencyConflict` (``seed_given``: the caller chose the seed).
+        """
         queue = self._queue_for(priority)
+        digest = None
         if job_id is not None:
             check_job_id(job_id)
+            digest = fingerprint(req.to_dict(), job_opts.to_dict(), priority)
+            meta = {**(meta or {}), IDEMPOTENCY_META: digest}
         opts = self._job_options(req, job_id, meta, job_opts)
         if job_id is None:
             # One MULTI/EXEC for the job and its metrics counter: the common case pays one round trip.
@@ -202,6 +221,7 @@ class Producer:
         try:  # unique jobs check and save atomically in a script of their own
             job = queue.enqueue_call(JOB_FUNC, unique=True, **opts)
         except DuplicateJobError:
+            check_same(self.connection, job_id, digest or "", req.seed if seed_given else None)
             return job_id
         self._count_enqueued(queue, 1)
         return job.id

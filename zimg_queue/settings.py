@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     prompt_blocklist: CsvStrs = Field((), description="comma list of words; a prompt with one gets 400")
     proxy_count: int = Field(0, ge=0, description="reverse proxies in front of the web API (X-Forwarded-For)")
     web_keepalive: int = Field(0, ge=0, description="gunicorn keep-alive seconds (0: close after each request)")
+    web_body_timeout: float = Field(
+        10.0, gt=0, description="seconds a request may take to arrive whole (`zimg web`); slower ones get 408"
+    )
     allow_public_bind: bool = Field(
         False, description="let a server bind beyond loopback without a token (you accept the risk)"
     )

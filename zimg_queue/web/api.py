@@ -31,8 +31,8 @@ from .auth import guard
 from .body import ApiError, read_json_object
 from .extension import WebState, get_state
 from .origin import check_origin, require_json
-from .transport import check_request_body
 from .telemetry import job_meta
+from .transport import check_request_body
 
 bp = Blueprint("zimg_queue", __name__)
 bp.before_request(guard(lambda: get_state().settings.secret("api_token")))
@@ -57,7 +57,8 @@ def _api_error(exc: ApiError) -> Response:
 @bp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
     code = (exc.name or "error").lower().replace(" ", "_")
-    return ApiError(exc.code or 500, code, exc.description or exc.name).response()
+    keep = {k: v for k, v in exc.get_headers() if k.lower() in ("allow", "retry-after", "www-authenticate")}
+    return ApiError(exc.code or 500, code, exc.description or exc.name, headers=keep).response()
 
 
 @bp.errorhandler(redis.exceptions.RedisError)
@@ -242,6 +243,10 @@ def queues() -> Response:
                 "queues": w.queue_names(),
                 "current_job": w.get_current_job_id(),
             }
+    from ..capacity import estimate  # per queue: jobs waiting, workers ready, estimated wait (for autoscalers)
+
+    for entry, capacity in zip(out, estimate(producer.connection, [q["name"] for q in out]), strict=True):
+        entry.update(capacity.as_json())
     return jsonify(queues=out, workers=sorted(workers.values(), key=lambda w: w["name"]))
 
 

@@ -123,11 +123,14 @@ def empty_queue(queue_name: str, registry_name: str) -> Response:
     if registry_class is None:
         raise ApiError(404, "not_found", f"no registry {registry_name!r}: one of queued, {', '.join(REGISTRIES)}")
     registry = registry_class(queue.name, connection=queue.connection, serializer=JSONSerializer)
-    for job_id in registry.get_job_ids(cleanup=False):
+    members: list[bytes] = queue.connection.zrange(registry.key, 0, -1)  # type: ignore[assignment]
+    for member in members:
+        job_id = member.decode().split(":", 1)[0]  # the started registry holds job_id:execution_id
         try:
             _our_job(job_id).delete()
         except ApiError:
-            registry.remove(job_id)  # a dangling or foreign id: drop it from our registry only
+            pass  # a dangling or foreign id: only its entry in our registry goes
+        queue.connection.zrem(registry.key, member)
     return _ok()
 
 

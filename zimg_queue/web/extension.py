@@ -74,7 +74,8 @@ def mount_dashboard(app: Flask, url_prefix: str = "/rq") -> None:
     """Mount rq-dashboard 0.9 at ``url_prefix``, reading our JSON jobs, behind the API token.
 
     rq-dashboard has no auth of its own when used as a blueprint, so the token check is
-    put first among the blueprint's ``before_request`` functions.
+    put first among the blueprint's ``before_request`` functions. Its actions are replaced
+    by :mod:`zimg_queue.web.dashboard`'s (POST only, 4xx for missing or foreign jobs, same-site only).
     """
     import rq_dashboard
     import rq_dashboard.web
@@ -88,6 +89,9 @@ def mount_dashboard(app: Flask, url_prefix: str = "/rq") -> None:
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=url_prefix.rstrip("/") or "/")
     rq_dashboard.web.setup_rq_connection(app)
     protect_blueprint(app, rq_dashboard.blueprint.name, lambda: get_state(app).settings.secret("api_token"))
+    from .dashboard import harden
+
+    harden(app)
 
 
 class ZimgQueue:
