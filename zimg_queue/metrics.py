@@ -189,8 +189,11 @@ class RedisCollector(Collector):
 
 
 def queue_registry(connection: redis.Redis, queues: Sequence[str]) -> CollectorRegistry:
+    from .capacity import CapacityCollector  # workers ready and estimated wait, for autoscalers
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(connection, queues))
+    registry.register(CapacityCollector(connection, queues))
     return registry
 
 

@@ -186,6 +186,11 @@ class QueueInfo(Answer):
     deferred: int
     scheduled: int
     canceled: int
+    # For autoscalers (zimg_queue.capacity): estimated_wait_s = jobs ahead x mean_job_s / workers_ready.
+    workers_ready: int | None = None
+    mean_job_s: float | None = None
+    estimated_wait_s: float | None = None
+    no_workers: bool | None = None
 
 
 class WorkerInfo(Answer):
