@@ -54,14 +54,15 @@ def check_bind(host: str, token: str | None, allow_public_bind: bool) -> None:
 
 def _client_error_parser():
     """waitress's request parser, answering an unsupported Transfer-Encoding with 400 instead of 501."""
-    from waitress.parser import HTTPRequestParser
-    from waitress.utilities import BadRequest, ServerNotImplemented
+    from waitress.parser import HTTPRequestParser  # type: ignore[import-untyped]
+    from waitress.utilities import BadRequest, ServerNotImplemented  # type: ignore[import-untyped]
 
     class ClientErrorParser(HTTPRequestParser):
         def received(self, data: bytes) -> int:
-            consumed = super().received(data)
-            if isinstance(self.error, ServerNotImplemented):
-                self.error = BadRequest(f"{self.error.body} Only chunked is accepted.")
+            consumed: int = super().received(data)
+            error: Any = getattr(self, "error", None)
+            if isinstance(error, ServerNotImplemented):
+                self.error = BadRequest(f"{error.body} Only chunked is accepted.")
             return consumed
 
     return ClientErrorParser
@@ -69,8 +70,8 @@ def _client_error_parser():
 
 def make_server(app: Any, host: str, port: int, threads: int) -> Any:
     """A waitress server whose channels use :func:`_client_error_parser`."""
-    from waitress import create_server
-    from waitress.channel import HTTPChannel
+    from waitress import create_server  # type: ignore[import-untyped]
+    from waitress.channel import HTTPChannel  # type: ignore[import-untyped]
 
     class Channel(HTTPChannel):
         parser_class = _client_error_parser()
