@@ -4,9 +4,12 @@ The view enqueues with the extension's producer (the same validation as everywhe
 the job's status URL to the page, and the page polls ``GET /api/v1/jobs/<id>?wait=5`` with
 ``fetch()`` until the job is finished, then shows ``result.image_url``.
 
-Run it next to a stack (``zimg up`` in another shell)::
+Run it next to a stack (``zimg up`` in another shell, ``source .venv/bin/activate`` in this one)::
 
-    ZIMG_REDIS_URL=redis://127.0.0.1:6379/0 python examples/flask_app.py --port 5000
+    python examples/flask_app.py        # http://127.0.0.1:5000 ($PORT if set, or --port N)
+
+It finds Redis as every zimg entry point does: ``ZIMG_REDIS_URL``, else the private Redis of a
+running ``zimg up`` (see ``zimg_queue.connection``).
 
 The example sets no ``ZIMG_API_TOKEN``: the page's own JavaScript calls the API. In your
 app, put the blueprint behind your own login instead (see the README).
@@ -15,6 +18,7 @@ app, put the blueprint behind your own login instead (see the README).
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -128,7 +132,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 5000), help="default: $PORT, 5000")
     args = parser.parse_args()
     from waitress import serve
 
