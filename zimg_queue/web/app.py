@@ -19,6 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .auth import guard
 from .body import ApiError
 from .campaigns import bp as campaigns_bp
+from .console import bp as console_bp
 from .extension import ZimgQueue, get_state
 from .origin import check_origin
 from .transport import check_request_body
@@ -47,6 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.before_request(check_origin)  # every blueprint, the dashboard's included: no cross-site state changes
     app.before_request(check_request_body)  # codings, truncated uploads, nesting: before any route reads a body
     app.register_blueprint(campaigns_bp)  # GET /v1/campaigns/<name>, GET /metrics
+    app.register_blueprint(console_bp)  # GET / (the live console), GET /console/events
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ApiError, ApiError.response)  # raised by app-wide before_request checks
     app.register_error_handler(Exception, _unexpected)

@@ -21,7 +21,7 @@ from ..tokens import token_matches
 #: Endpoints anyone may call: a load balancer's health probe has no token.
 PUBLIC_ENDPOINTS = {"zimg_queue.healthz", "static"}
 #: Blueprints browsed by people: their 401 asks the browser for a Basic login (password = token).
-BASIC_BLUEPRINTS = {"rq_dashboard"}
+BASIC_BLUEPRINTS = {"rq_dashboard", "zimg_console"}
 
 
 def unauthorized(basic: bool = False) -> Response:
