@@ -1,5 +1,9 @@
 """Job-end hooks: metrics for every job, and a signed webhook for jobs that asked for one.
 
+Targets are checked (:mod:`zimg_queue.webhook_targets`): http(s) only, and no loopback,
+private or link-local address after DNS unless ``ZIMG_WEBHOOK_ALLOW_PRIVATE``; a refused
+delivery is recorded in the job's meta and not retried.
+
 RQ's own ``Webhook`` posts a fixed payload, unsigned, once, from inside the worker's
 loop. What this service promises is the job's status JSON (the same as
 ``GET /v1/jobs/<id>``), signed per `Standard Webhooks <https://www.standardwebhooks.com/>`_
@@ -25,6 +29,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import requests
@@ -32,8 +37,10 @@ from rq import Queue, Retry, get_current_job
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from zimg_queue import webhook_targets as targets
 from zimg_queue.metrics import record_job
 from zimg_queue.queue import jittered
+from zimg_queue.request import ValidationError
 from zimg_queue.settings import Settings
 from zimg_queue.status import now_iso, wait_for
 
@@ -117,13 +124,21 @@ def deliver(job_id: str, url: str, event: str, msg_id: str) -> dict[str, Any]:
     job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
     payload = wait_for(job, timeout=10, fresh=True)  # the callback runs just before RQ marks the job final
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    headers = signed_headers(msg_id, body, Settings().secret("webhook_secret"))
+    settings = Settings()
+    headers = signed_headers(msg_id, body, settings.secret("webhook_secret"))
     attempt = (me.meta.get("attempt", 0) + 1) if me is not None else 1
     if me is not None:
         me.meta["attempt"] = attempt
         me.save_meta()
+    refused = _refusal(url, settings.webhook_allow_private)
+    if refused:  # permanent: not retried, and nothing is sent
+        log.warning("webhook %s to %s refused: %s", msg_id, url, refused)
+        _note(job, {"id": msg_id, "event": event, "url": url, "attempts": attempt, "delivered": False,
+                    "error": f"refused: {refused}", "at": now_iso()})  # fmt: skip
+        return {"id": msg_id, "url": url, "refused": refused, "attempts": attempt}
     try:
-        resp = requests.post(url, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False)
+        with targets.session(allow_private=settings.webhook_allow_private) as http:
+            resp = http.post(url, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False)
         error = None if 200 <= resp.status_code < 300 else f"receiver answered {resp.status_code}"
     except requests.RequestException as exc:
         error = f"{type(exc).__name__}: {exc}"
@@ -132,6 +147,20 @@ def deliver(job_id: str, url: str, event: str, msg_id: str) -> dict[str, Any]:
     if error:
         raise WebhookFailed(f"webhook {msg_id} to {url} failed (attempt {attempt}): {error}")
     return {"id": msg_id, "url": url, "status": resp.status_code, "attempts": attempt}
+
+
+def _refusal(url: str, allow_private: bool) -> str | None:
+    """Why ``url`` may not be called from here (see :mod:`zimg_queue.webhook_targets`), checked after DNS."""
+    try:
+        targets.check_url(url, allow_private=allow_private)
+        if not allow_private:
+            parts = urlsplit(url)
+            targets.public_address(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    except ValidationError as exc:
+        return exc.errors[0]["message"]
+    except (targets.TargetRefused, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 def _note(job: Job, state: dict[str, Any]) -> None:
