@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
+from zimg_queue.processes import stop_processes, wait_http
 from zimg_queue.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,3 +150,34 @@ def test_generate_wait_shows_progress_on_a_terminal_only(stack):
     plain = zimg(*args, "--seed", "5", env=env)
     assert plain.returncode == 0 and "\r" not in plain.stderr
     assert Path(plain.stdout.strip()).is_file()
+
+
+def test_web_uses_the_redis_url_flag_over_the_environment(env, settings):
+    """`zimg web --redis-url X` used to ignore the flag: the environment points at a dead port, the flag wins."""
+    port = free_port()
+    dead = {**env, "ZIMG_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    args = ["web", "--port", str(port), "--server", "waitress", "--threads", "2", "--redis-url", settings.redis_url]
+    web = subprocess.Popen([sys.executable, "-m", "zimg_queue.cli", *args], env=dead, cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", web, timeout=60, ok_codes=(200, 503))
+        health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json()
+        assert health["redis"]["ok"] is True, health
+    finally:
+        stop_processes(web)
+
+
+def test_up_with_a_redis_that_does_not_answer_says_so_before_starting_anything(env, tmp_path):
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    args = ["up", "--web-port", str(free_port()), "--inference-port", str(free_port())]
+    line = one_line_error(zimg(*args, env={**env, "ZIMG_REDIS_URL": down}))
+    assert f"no Redis answers at {down} (from ZIMG_REDIS_URL)" in line
+
+
+def test_batch_json_prints_the_manifest(stack, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a lighthouse\n\na bowl of ramen\n")
+    done = zimg("batch", str(prompts), "--json", "--campaign", "json-out", env=stack.env())
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["counts"] == {"finished": 2} and [r["item"] for r in data["rows"]] == ["line 1", "line 3"]

@@ -155,9 +155,11 @@ def apply(
     if post.thumbnail:
         thumb_key = derived_key(source_key, post, mark_sha, role=f"thumbnail-{post.thumbnail}")
 
+        side = post.thumbnail
+
         def make_thumb() -> Image.Image:
             thumb = final.copy()
-            thumb.thumbnail((post.thumbnail, post.thumbnail), Image.Resampling.LANCZOS)
+            thumb.thumbnail((side, side), Image.Resampling.LANCZOS)
             return thumb
 
         tpath, tdata, timage = _write_or_find(store, thumb_key, fmt, post.quality, make_thumb)

@@ -203,8 +203,11 @@ class Campaign:
         if not self.items:
             raise ValidationError.single("items", "the campaign has no items")
 
-    def plan(self) -> tuple[list[Entry], list[dict[str, Any] | None], list[dict[str, Any]]]:
-        entries, requests, options = [], [], []
+    def plan(self) -> tuple[list[Entry], list[dict[str, Any]], list[dict[str, Any]]]:
+        entries: list[Entry] = []
+        requests: list[dict[str, Any]] = []
+        options: list[dict[str, Any]] = []
+        presets: list[str | None] = [*self.presets] or [None]
         seen: dict[str, str] = {}
         duplicates: list[dict[str, str]] = []
         for index, row in enumerate(self.items):
@@ -215,7 +218,7 @@ class Campaign:
                 duplicates.append({"field": where, "message": f"has the same {same} as {seen[key]}: remove one"})
                 continue
             seen[key] = where
-            for preset in self.presets or [None]:
+            for preset in presets:
                 job_id = job_id_for(self.name, key, preset)
                 entries.append(Entry(label, preset, job_id, _where(self.items, index, label, preset)))
                 if preset is None:
@@ -262,6 +265,7 @@ class Campaign:
                 "skipped": len(ids) - len(todo) - len(retry)}  # fmt: skip
 
     def _save(self, entries: list[Entry]) -> None:
+        assert self.producer is not None
         doc = {
             "name": self.name,
             "presets": list(self.presets),

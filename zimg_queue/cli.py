@@ -180,7 +180,9 @@ def _batch_over_api(args: argparse.Namespace) -> int:
     if args.no_wait:
         print("\n".join(e.job_id for e in entries))
         return 0
-    draw, rows, counts = campaign.progress_bar(), [], {}
+    draw = campaign.progress_bar()
+    rows: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
     for entry in entries:
         status = client.wait(entry.job_id, timeout=args.timeout)
         counts[status["status"]] = counts.get(status["status"], 0) + 1
@@ -224,6 +226,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     has_web = importlib.util.find_spec("zimg_queue.web") is not None
     gpus = parse_gpus(args.gpus if args.gpus is not None else _settings(args).gpus)
     workers = args.workers or (16 if _settings(args).model else 2) * max(1, len(gpus))  # the default is per GPU
+    if args.procfile:  # the same layout for a Procfile runner or a service manager
+        from .gpus import layout, procfile
+
+        backend = "zimage" if _settings(args).model else "sim"
+        print(procfile(layout(gpus or ["0"], args.inference_port, workers), backend))
+        return 0
     stack = Stack(_settings(args), workers=workers, web=has_web and not args.no_web, web_port=args.web_port)
     stack.gpus = gpus
     stack.inference_port = args.inference_port
@@ -237,6 +245,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         check_port(stack.inference_port, "--inference-port", "the inference server")
         if stack.web:
             check_port(stack.web_port, "--web-port", "the web API")
+    if stack.settings.redis_url:  # a Redis we were told to use must answer now, not after every process started
+        from .connection import require, resolve_redis_url
+
+        require(resolve_redis_url(Settings.from_env(), flag=getattr(args, "redis_url", None)))
     stopping = False
 
     def on_signal(*_: object) -> None:
@@ -355,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="`0,1,...` or `all` (default $ZIMG_GPUS): one inference server per GPU, the workers spread over them "
         "(--workers is then the total; its default is per GPU)",
     )
+    p.add_argument("--procfile", action="store_true", help="print the inference/worker Procfile lines of this layout")
     p.add_argument("--no-web", action="store_true")
     p.add_argument("--demo", action="store_true", help="run one demo job, print its path, stop")
     p.add_argument("--demo-prompt", default="a cat on a windowsill")
