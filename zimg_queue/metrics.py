@@ -16,7 +16,7 @@ Prometheus' multiprocess mode was the alternative; it needs a shared folder on o
 host and cleanup of dead pids, neither of which holds for workers spread over hosts.
 
 The inference server is one process, so its metrics are ordinary in-process ones
-(:class:`InferenceMetrics`), served at its own ``GET /metrics``.
+(``workers.inference.metrics``), served at its own ``GET /metrics``.
 
 Every HELP text starts with who measured the number ("Measured by the worker", "by the
 inference server", "by the web API"): the same call looks different from each side.
@@ -25,14 +25,11 @@ inference server", "by the web API"): the same call looks different from each si
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -57,7 +54,6 @@ HISTOGRAMS = {
 HTTP_METRIC = "zimg_http_request_duration_seconds"
 HTTP_HELP = ("Measured by the web API: seconds to answer a request, by method, route (the URL rule, not the path) "
              "and status; _count is the number of requests")  # fmt: skip
-GPU_BUSY_WINDOW_S = 60.0
 
 
 def _bucket(value: float, buckets: Sequence[float] = DURATION_BUCKETS) -> str:
@@ -200,119 +196,3 @@ def queue_registry(connection: redis.Redis, queues: Sequence[str]) -> CollectorR
 def exposition(connection: redis.Redis, queues: Sequence[str]) -> tuple[bytes, str]:
     """The text a ``GET /metrics`` answers, and its content type."""
     return generate_latest(queue_registry(connection, queues)), CONTENT_TYPE_LATEST
-
-
-class BusyWindow:
-    """How much of the last ``window_s`` seconds something (the GPU backend) was busy.
-
-    The batcher wraps each generation in ``with busy:``; a scrape reads :meth:`ratio`.
-    Intervals older than the window are dropped, so memory stays bounded by the number
-    of batches in one window. A generation still running counts up to now.
-    """
-
-    def __init__(self, window_s: float = GPU_BUSY_WINDOW_S, clock: Callable[[], float] = time.monotonic):
-        self.window_s = window_s
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._done: deque[tuple[float, float]] = deque()
-        self._running: dict[int, float] = {}
-
-    def __enter__(self) -> BusyWindow:
-        with self._lock:
-            self._running[threading.get_ident()] = self.clock()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            started = self._running.pop(threading.get_ident(), None)
-            if started is not None:
-                self._done.append((started, self.clock()))
-
-    def ratio(self) -> float:
-        """Busy seconds within the window / the window (overlapping generations are merged)."""
-        now = self.clock()
-        since = now - self.window_s
-        with self._lock:
-            while self._done and self._done[0][1] < since:
-                self._done.popleft()
-            spans = sorted([*self._done, *((t, now) for t in self._running.values())])
-        busy, cursor = 0.0, since
-        for start, end in spans:
-            start = max(start, cursor)
-            if end > start:
-                busy += end - start
-                cursor = end
-        return min(1.0, busy / self.window_s)
-
-
-#: The inference server's answers to ``POST /v1/generate``, by ``outcome`` label.
-OUTCOMES = ("ok", "invalid", "unauthorized", "out_of_memory", "busy", "expired", "cancelled", "error")
-
-
-class InferenceMetrics:
-    """The inference server's own metrics, in its own registry, served at its ``GET /metrics``.
-
-    Everything here is measured by the inference server itself (names start ``zimg_inference_``,
-    plus ``zimg_gpu_busy_ratio``); what the worker measures of the same calls is
-    ``zimg_job_inference_seconds`` in the web API's ``/metrics``.
-    """
-
-    def __init__(self, backend: str = "unknown", *, queue_length: Callable[[], float] | None = None) -> None:
-        self.registry = CollectorRegistry()
-        self.batch_size = Histogram(
-            "zimg_inference_batch_size",
-            "Measured by the inference server: requests in each generated batch, one observation per request "
-            "(so it answers 'in what batch size was the typical image made')",
-            buckets=BATCH_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.batches = Histogram(
-            "zimg_inference_batch_seconds",
-            "Measured by the inference server: seconds the backend spent generating one batch",
-            buckets=DURATION_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.seconds = Histogram(
-            "zimg_inference_request_seconds",
-            "Measured by the inference server: seconds from a request's arrival to its image (its queue + "
-            "generation), per answered request; the worker's round trip is zimg_job_inference_seconds",
-            buckets=DURATION_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.requests = Counter(
-            "zimg_inference_requests",
-            "Measured by the inference server: POST /v1/generate answers by outcome (ok, invalid = 4xx, "
-            "unauthorized, out_of_memory, busy = 503, expired = deadline passed in its queue, cancelled, error)",
-            ["outcome"], registry=self.registry,
-        )  # fmt: skip
-        for outcome in OUTCOMES:  # every outcome exists from the start: rate() and alerts see a 0, not nothing
-            self.requests.labels(outcome)
-        self.queue_length = Gauge(
-            "zimg_inference_queue_length",
-            "Measured by the inference server: requests waiting for the backend (not yet in a batch)",
-            registry=self.registry,
-        )
-        self.queue_length.set_function(queue_length or (lambda: 0.0))
-        self.gpu = BusyWindow()
-        self.gpu_busy = Gauge(
-            "zimg_gpu_busy_ratio",
-            f"Measured by the inference server: share of the last {GPU_BUSY_WINDOW_S:.0f} s its backend was "
-            "generating (0-1); with the sim backend this is simulated time, see zimg_inference_backend_info",
-            registry=self.registry,
-        )
-        self.gpu_busy.set_function(self.gpu.ratio)
-        self.backend = Info(
-            "zimg_inference_backend", "Measured by the inference server: its backend (sim is the simulator)",
-            registry=self.registry,
-        )  # fmt: skip
-        self.backend.info({"backend": backend})
-
-    def observe(self, batch_size: int, seconds: float) -> None:
-        """One request answered with an image."""
-        self.batch_size.observe(batch_size)
-        self.seconds.observe(seconds)
-        self.requests.labels("ok").inc()
-
-    def outcome(self, outcome: str) -> None:
-        """One request answered without an image (``outcome`` is one of :data:`OUTCOMES`)."""
-        self.requests.labels(outcome).inc()
-
-    def exposition(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
