@@ -394,3 +394,71 @@ def test_zimg_batch_over_the_api(stack, web, tmp_path: Path):
     assert len(paths) == 2 and all(p.suffix == ".webp" and p.is_file() for p in paths)
     again = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout == done.stdout  # same ids: nothing made twice
+
+
+# ---------------------------------------------------------------- big batches under the rate limit (issue 13.4)
+
+
+def _rate_counted(redis_conn) -> int:
+    return sum(int(redis_conn.get(k) or 0) for k in redis_conn.scan_iter("zimg:ratelimit:*"))
+
+
+def test_zimg_batch_over_the_api_finishes_past_the_rate_limit_and_reruns_free(stack, web, tmp_path: Path, redis_conn):
+    """Changes ZIMG_RATE_LIMIT to 4 per 2 s (so a short test crosses it; the test above runs on the shipped 600/60)."""
+    server = web(ZIMG_RATE_LIMIT="4/2")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"a lighthouse number {i}\n" for i in range(10)))
+    env = {**stack.env(), "ZIMG_REDIS_URL": "redis://127.0.0.1:1/0"}  # the client reaches only the API
+    cmd = [sys.executable, "-m", "zimg_queue.cli", "batch", str(prompts), "--api", server.url]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert sum(" finished " in line for line in done.stdout.splitlines()) == 10
+    assert "rate_limited" in done.stderr  # it did hit the limit, and waited instead of failing
+    wait_until(lambda: _rate_counted(redis_conn) == 0, timeout=10)  # the first run's windows have expired
+    again = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0 and again.stdout == done.stdout
+    assert "rate_limited" not in again.stderr and _rate_counted(redis_conn) == 0  # re-POSTs are never counted
+
+
+def test_api_client_shows_a_countdown_on_a_terminal_while_rate_limited(web, procs):
+    """Changes ZIMG_RATE_LIMIT to 1 per 2 s, so the second job waits for the next window."""
+    import io
+
+    from zimg_queue.web import ApiClient
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    server = web(ZIMG_RATE_LIMIT="1/2")
+    screen = Terminal()
+    client = ApiClient(server.url, progress=screen)
+    ids = [client.enqueue("a cat", width=64, height=64) for _ in range(2)]
+    assert len(set(ids)) == 2
+    assert "\rrate limited by" in screen.getvalue() and "retrying in" in screen.getvalue()
+
+
+def test_api_client_gives_up_after_max_rate_wait(web, procs):
+    from zimg_queue.web import ApiClient, ApiClientError
+
+    server = web(ZIMG_RATE_LIMIT="1/60")
+    client = ApiClient(server.url, max_rate_wait=1)
+    client.enqueue("a cat", width=64, height=64)
+    with pytest.raises(ApiClientError, match="429"):
+        client.enqueue("a dog", width=64, height=64)
+
+
+def test_retry_after_reads_seconds_and_dates():
+    from email.utils import formatdate
+
+    from zimg_queue.web.client import retry_after
+
+    def answer(value: str | None) -> requests.Response:
+        r = requests.Response()
+        if value is not None:
+            r.headers["Retry-After"] = value
+        return r
+
+    assert retry_after(answer("7")) == 7 and retry_after(answer(None)) == 1 and retry_after(answer("soon")) == 1
+    assert 25 <= retry_after(answer(formatdate(time.time() + 30, usegmt=True))) <= 31
+    assert retry_after(answer("999999")) == 300
