@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 
 import pytest
+import requests
 
+from tests.conftest import wait_until
 from tests.test_metrics import samples
 from zimg_queue.logs import configure_logging
 from zimg_queue.metrics import exposition
@@ -78,3 +81,36 @@ def test_http_metrics_are_per_route_and_status(web_app, redis_conn, settings):
            (("le", "+Inf"), ("method", "GET"), ("route", "/v1/jobs/<job_id>"), ("status", "404")))  # fmt: skip
     assert m[key] == 4
     assert not any("nope" in str(labels) for _, labels in m)
+
+
+def json_lines(proc) -> list[dict]:
+    out = []
+    for raw in proc.output().splitlines():
+        try:
+            out.append(json.loads(raw))
+        except json.JSONDecodeError:
+            pytest.fail(f"{proc.args[3]}: a log line that is not JSON: {raw!r}")
+    return out
+
+
+def test_one_request_id_follows_a_job_through_every_process(procs, web):
+    """web API -> job meta -> worker -> inference server (logged beside its batch id), all real processes."""
+    inference = procs.inference(latency_a="0", latency_b="0")
+    worker = procs.worker()
+    api = web()
+    rid = f"trace-{uuid.uuid4().hex[:12]}"
+    body = {"prompt": "a tracer bullet", "width": 64, "height": 64}
+    resp = requests.post(f"{api.url}/v1/jobs", json=body, headers={"X-Request-Id": rid}, timeout=10)
+    assert resp.status_code == 202 and resp.headers["X-Request-Id"] == rid
+    job_id = resp.json()["id"]
+    assert requests.get(f"{api.url}/v1/jobs/{job_id}?wait=30", timeout=40).json()["status"] == "finished"
+
+    access = wait_until(lambda: [x for x in json_lines(api) if x.get("request_id") == rid])
+    assert access[0]["event"] == "http_request" and access[0]["route"] == "/v1/jobs" and access[0]["status"] == 202
+    assert access[0]["process"] == "web"
+    batches = wait_until(lambda: [x for x in json_lines(inference) if rid in (x.get("request_ids") or [])])
+    assert batches[0]["event"] == "batch_started" and batches[0]["batch_id"] and batches[0]["process"] == "inference"
+    ended = wait_until(lambda: [x for x in json_lines(worker) if x.get("job_id") == job_id])
+    assert ended[-1]["event"] == "job_finished" and ended[-1]["process"] == "worker"
+    for proc in (api, inference, worker):
+        assert "a tracer bullet" not in proc.output()  # no prompt in any log by default

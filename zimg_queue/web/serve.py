@@ -23,6 +23,7 @@ from typing import Any
 from flask import Flask
 
 from ..bind import PublicBindRefused, check_bind
+from ..logs import gunicorn_logger_class
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,12 @@ def _gunicorn(host: str, port: int, processes: int, threads: int, settings: Sett
                 # Off by default: with keep-alive, a few busy client connections can all land on one
                 # worker process (measured: ~600 req/s instead of ~1,200 with 2 processes).
                 "keepalive": settings.web_keepalive,
-                "accesslog": None,  # the Authorization header is never logged: no access log by default
+                # The access log is the app's own ``http_request`` line (zimg_queue.web.telemetry): chosen
+                # fields, never a header, so no token; gunicorn's own lines go through the same structlog setup.
+                "accesslog": None,
                 "errorlog": "-",
-                "loglevel": "info",
+                "loglevel": Settings().log_level,
+                "logger_class": gunicorn_logger_class(),
                 "proc_name": "zimg-web",
             }
             for key, value in options.items():
