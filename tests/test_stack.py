@@ -131,3 +131,16 @@ def test_setup_skips_pip_when_pyproject_and_extras_are_unchanged(tmp_path: Path)
     with (clone / "pyproject.toml").open("a") as f:
         f.write("\n# changed\n")
     assert setup() != 0 and (tmp_path / "calls").exists()  # a changed pyproject.toml: pip runs again
+
+
+def test_the_procfile_web_process_binds_port_when_set(procs, settings: Settings):
+    """honcho and Procfile platforms set $PORT: the web process must listen there."""
+    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
+    port = free_port()
+    env = {**procs.env(), "PORT": str(port), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    web = subprocess.Popen(["bash", "-c", f"exec {line.split(':', 1)[1].strip()}"], env=env, cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", web, timeout=60, ok_codes=(200, 503))
+    finally:
+        stop_processes(web)
