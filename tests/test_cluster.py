@@ -51,7 +51,7 @@ S3_ENDPOINT = f"http://{NET}.1:5000"
 WEB = f"http://{NET}.4:8000"
 JOBS = 40
 #: gpu1 dies once it has finished this many jobs (and is running more): the spread is visible before the kill.
-FINISHED_BEFORE_KILL = 4
+FINISHED_BEFORE_KILL = 8
 #: The h200-512 simulator estimate (workers/inference/backends/sim_profiles.py): t(B) = 0.11 + 0.16 B seconds.
 SIM_LATENCY = {"ZIMG_SIM_LATENCY_A": "0.11", "ZIMG_SIM_LATENCY_B": "0.16"}
 

@@ -146,3 +146,17 @@ def _up(url: str) -> bool:
         return requests.get(f"{url}/healthz", timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_procfile_prints_the_same_layout_and_the_readme_shows_it():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
+    env["ZIMG_MODEL"] = "/models/z-image-turbo"  # as on a GPU host: the zimage backend, 16 workers per GPU
+    cmd = [sys.executable, "-m", "zimg_queue.cli", "up", "--gpus", "0,1", "--procfile"]
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
+    lines = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert lines["inference-1"] == "CUDA_VISIBLE_DEVICES=1 zimg inference-server --backend zimage --port 7861"
+    assert lines["worker-1"] == (
+        "ZIMG_INFERENCE_URL=http://127.0.0.1:7861,http://127.0.0.1:7860 zimg worker --processes 16"
+    )
+    assert set(lines) == {"inference-0", "inference-1", "worker-0", "worker-1"}
+    assert out.strip() in (ROOT / "README.md").read_text(), "README's multi-GPU Procfile block is out of date"

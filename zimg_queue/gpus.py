@@ -95,5 +95,17 @@ def layout(gpus: list[str], base_port: int, workers: int, host: str = "127.0.0.1
     return servers
 
 
+def procfile(servers: list[GpuServer], backend: str) -> str:
+    """The Procfile lines that run ``servers`` as ``zimg up --gpus`` does (honcho, foreman, systemd by hand)."""
+    lines = []
+    for s in servers:
+        lines.append(f"inference-{s.gpu}: CUDA_VISIBLE_DEVICES={s.gpu} zimg inference-server --backend {backend} "
+                     f"--port {s.port}")  # fmt: skip
+    for s in servers:
+        if s.workers:
+            lines.append(f"worker-{s.gpu}: ZIMG_INFERENCE_URL={','.join(s.urls)} zimg worker --processes {s.workers}")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":  # `python zimg_queue/gpus.py`: what `--gpus all` would use here
     print(",".join(visible_gpus()) or "no GPU visible")
