@@ -132,14 +132,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         f"{run['skipped']} already there); {data['counts']}",
         file=sys.stderr,
     )
-    if args.json:
-        print(json.dumps({k: v for k, v in data.items()}, indent=2, default=str))
-    elif args.no_wait:
-        return 0
-    else:
+    if args.json:  # counts, the run and one row per job, for scripts
+        print(json.dumps(data, indent=2, default=str))
+    elif not args.no_wait:
         _print_summary(data["rows"])
-    if args.manifest and not args.json:
-        print(f"manifest: {args.manifest}")
+        if args.manifest:
+            print(f"manifest: {args.manifest}")
     if args.no_wait:
         return 0
     return 0 if data["counts"].get("finished", 0) == data["total"] else 1
