@@ -4,7 +4,7 @@ The common case is one call::
 
     import zimg_queue
     job_id = zimg_queue.enqueue("a cat on a windowsill", width=768, height=768)
-    status = zimg_queue.wait(job_id, timeout=60)
+    status = zimg_queue.wait(job_id, timeout=60)  # status["timed_out"] is true if 60 s ran out first
     status["result"]["path"]
 
 Knobs live on :class:`Producer` and :class:`Settings`.

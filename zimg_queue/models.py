@@ -133,7 +133,9 @@ class JobState(Answer):
     status: Status
     queue: str
     progress: Progress
-    position: int | None = Field(description="0-based place in its queue while queued, else null")
+    position: int | None = Field(
+        description="While queued: how many queued jobs start before this one (higher-priority queues included)"
+    )
     request: dict[str, Any] | None = Field(description="The validated request (GenerateRequest), seed included")
     result: JobResult | None = Field(description="Set once finished")
     error: str | None = Field(description="The last line of the failure (failed or stopped)")
@@ -148,6 +150,9 @@ class JobStatus(JobState):
     """``GET /v1/jobs/<id>``: the job's state and its URLs."""
 
     urls: JobUrls
+    timed_out: bool | None = Field(
+        default=None, description="With ?wait=N only: true when N seconds passed before the job was final"
+    )
 
 
 class FieldError(BaseModel):

@@ -311,9 +311,10 @@ class Producer:
         return job_status(self.fetch(job_id))
 
     def wait(self, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
-        from .status import wait_for
+        """The status once final, or when ``timeout`` runs out: then ``status["timed_out"]`` is true."""
+        from .status import wait_status
 
-        return wait_for(self.fetch(job_id), timeout, fresh=True)
+        return wait_status(self.fetch(job_id), timeout, fresh=True)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         from .status import cancel

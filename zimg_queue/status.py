@@ -16,7 +16,10 @@ from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
 from rq.results import Result
 
+from .settings import PRIORITIES
+
 FINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED}
+FINAL_NAMES = {s.value for s in FINAL}
 #: Queue positions beyond this are reported as ``None`` rather than scanned for.
 POSITION_LIMIT = 1000
 
@@ -38,10 +41,27 @@ def _error_line(exc_string: str | None) -> str | None:
     return lines[-1] if lines else None
 
 
+def queues_ahead(origin: str) -> list[str]:
+    """The queues every worker drains before ``origin``: ``zimg-low`` -> ``zimg-high``, ``zimg-normal``."""
+    prefix, _, priority = origin.rpartition("-")
+    if priority not in PRIORITIES or not prefix:
+        return []
+    return [f"{prefix}-{p}" for p in PRIORITIES[: PRIORITIES.index(priority)]]
+
+
 def queue_position(job: Job) -> int | None:
-    """0-based place in its queue, found with one bounded ``LPOS`` (O(POSITION_LIMIT) at worst)."""
-    pos = job.connection.execute_command("LPOS", f"rq:queue:{job.origin}", job.id, "MAXLEN", POSITION_LIMIT)
-    return int(pos) if pos is not None else None
+    """How many queued jobs will start before this one: every job in the higher-priority queues, plus those
+    ahead of it in its own (workers drain high, then normal, then low).
+
+    One round trip: an ``LLEN`` per higher queue and one bounded ``LPOS`` (O(POSITION_LIMIT) at worst);
+    ``None`` when the job is not within the first ``POSITION_LIMIT`` of its queue.
+    """
+    with job.connection.pipeline(transaction=False) as pipe:
+        for name in queues_ahead(job.origin):
+            pipe.llen(f"rq:queue:{name}")
+        pipe.execute_command("LPOS", f"rq:queue:{job.origin}", job.id, "MAXLEN", POSITION_LIMIT)
+        *lengths, pos = pipe.execute()
+    return sum(int(n) for n in lengths) + int(pos) if pos is not None else None
 
 
 def job_status(job: Job, *, refresh: bool = False) -> dict[str, Any]:
@@ -106,6 +126,16 @@ def wait_for(job: Job, timeout: float = 60.0, *, fresh: bool = False) -> dict[st
         # this read is normally the final one and the next refresh sees it at once (no sleep).
         stale = job.latest_result(timeout=max(1, int(min(remaining, 2.0)))) is not None
     return job_status(job)
+
+
+def wait_status(job: Job, timeout: float = 60.0, *, fresh: bool = False) -> dict[str, Any]:
+    """:func:`wait_for`, saying whether the wait ran out: ``timed_out`` is true when the job is not final yet.
+
+    Never raises for a timeout: callers (the API's ``?wait=N``, a progress loop) often just wait again.
+    """
+    status = wait_for(job, timeout, fresh=fresh)
+    status["timed_out"] = status["status"] not in FINAL_NAMES
+    return status
 
 
 def cancel(job: Job) -> dict[str, Any]:
