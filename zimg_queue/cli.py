@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 
 from .commands.jobs import cmd_cancel, cmd_generate, cmd_status
+from .connection import RedisUnavailable
 from .logs import configure_logging
 from .request import ValidationError
 from .settings import Settings, SettingsError
@@ -414,8 +415,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = f"no job {args.id!r}" if getattr(args, "id", None) else "no such job"
         print(f"{what}: check the id (`zimg generate` prints it; jobs are kept ZIMG_RESULT_TTL s)", file=sys.stderr)
         return 1
-    except RedisError as exc:  # RedisUnavailable says where and what to do; others still get one line
+    except RedisUnavailable as exc:  # says which Redis, where that choice came from, and what to do
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:  # lost mid-way, after retries
+        print(f"error: Redis: {exc} (`zimg up` starts one; ZIMG_REDIS_URL or --redis-url choose one)", file=sys.stderr)
         return 1
     except SettingsError as exc:
         print(f"bad setting: {exc}", file=sys.stderr)
