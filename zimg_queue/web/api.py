@@ -172,6 +172,14 @@ def get_job(job_id: str) -> Response:
     return jsonify(load_status(job_id, _parse_wait(request.args.get("wait"))))
 
 
+@bp.get("/v1/jobs/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    """Status and progress changes as server-sent events until the job is final (:mod:`.events`)."""
+    from .events import stream
+
+    return stream(lambda: load_status(job_id))
+
+
 @bp.get("/v1/jobs/<job_id>/image")
 def get_image(job_id: str) -> Response:
     """The image bytes, found through the job's result only, and only inside the image store."""
