@@ -21,6 +21,7 @@ PING (:func:`require`) so that a Redis that is simply not there fails in under a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -128,13 +129,16 @@ def announce(choice: RedisChoice) -> None:
     if choice.url in _announced:
         return
     _announced.add(choice.url)
-    if choice.url == DEFAULT_REDIS_URL and choice.source.startswith("the default"):
-        log.warning(
-            "redis_default",
-            url=choice.url,
-            source=choice.source,
-            hint="on a shared machine this may be someone else's Redis: set ZIMG_REDIS_URL or pass --redis-url",
-        )
+    default = choice.url == DEFAULT_REDIS_URL and choice.source.startswith("the default")
+    hint = "on a shared machine this may be someone else's Redis: set ZIMG_REDIS_URL or pass --redis-url"
+    if not structlog.is_configured():  # a script using the library: the standard library's logging, never stdout
+        std = logging.getLogger(__name__)
+        if default:
+            std.warning("using Redis %s (%s); %s", choice.url, choice.source, hint)
+        else:
+            std.info("using Redis %s (from %s)", redacted(choice.url), choice.source)
+    elif default:
+        log.warning("redis_default", url=choice.url, source=choice.source, hint=hint)
     else:
         log.info("redis", url=redacted(choice.url), source=choice.source)
 
