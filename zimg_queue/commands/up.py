@@ -48,7 +48,7 @@ def demo_summary(status: dict[str, Any], out: Any = None) -> int:
         f"Done: a {result['width']}x{result['height']} {result['format'].upper()} from the {backend} backend"
         + (" (the declared simulator, not the model)" if backend == "sim" else "")
         + f", in {result.get('total_s', 0):.2f} s.",
-        f"Look at it: open it in any image viewer, e.g. `xdg-open {path}` (Linux) or `open {path}` (macOS).",
+        "Look at it in any image viewer: `xdg-open IMAGE` (Linux) or `open IMAGE` (macOS), IMAGE being the last line.",
         "Next:",
         *(f"  {cmd:<44} # {why}" for cmd, why in NEXT_STEPS),
         "Image:",
