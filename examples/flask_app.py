@@ -1,8 +1,9 @@
-"""A small real Flask app on zimg-queue: a form enqueues a job, the page polls until the image is shown.
+"""A small real Flask app on zimg-queue: a form enqueues a job, the page follows it live until the image is shown.
 
 The view enqueues with the extension's producer (the same validation as everywhere), hands
-the job's status URL to the page, and the page polls ``GET /api/v1/jobs/<id>?wait=5`` with
-``fetch()`` until the job is finished, then shows ``result.image_url``.
+the job's status URL to the page, and the page follows ``GET /api/v1/jobs/<id>/events``
+(server-sent events: status, stage and step as they change) with ``EventSource`` until the
+job is finished, then shows ``result.image_url``. No polling.
 
 Run it next to a stack (``zimg up`` in another shell, ``source .venv/bin/activate`` in this one)::
 
@@ -60,11 +61,11 @@ $("form").addEventListener("submit", async (event) => {
       body: JSON.stringify({prompt: $("prompt").value, width: size, height: size}),
     });
     const job = await answer.json();
-    if (!answer.ok) { showErrors(job); return; }
-    await poll(job);
+    if (!answer.ok) { showErrors(job); $("go").disabled = false; return; }
+    $("status").textContent = "queued";
+    await follow(job);
   } catch (err) {
     $("status").textContent = "error: " + err;
-  } finally {
     $("go").disabled = false;
   }
 });
@@ -74,24 +75,29 @@ function showErrors(body) {
     const li = document.createElement("li"); li.textContent = e.field + ": " + e.message; $("errors").append(li);
   }
 }
-async function poll(job) {
-  $("status").textContent = "queued";
-  for (;;) {
-    const answer = await fetch(job.urls.get + "?wait=5");
-    const s = await answer.json();
-    if (!answer.ok) { showErrors(s); return; }
-    const stage = s.progress ? s.progress.stage + " " + s.progress.percent + "%" : "";
-    const place = s.position != null ? " (#" + (s.position + 1) + " in line)" : "";
-    $("status").textContent = s.status + place + " " + stage;
-    if (s.status === "finished") {
-      $("result").alt = s.request.prompt; $("result").src = s.result.image_url; $("result").hidden = false;
-      $("status").textContent = "finished";
-      return;
-    }
-    if (["failed", "canceled", "stopped"].includes(s.status)) {
-      $("status").textContent = s.status + ": " + (s.error || ""); return;
-    }
-  }
+function follow(job) {
+  // Server-sent events: one message per change of status, stage or step, until the job is final.
+  // EventSource reconnects by itself (the server ends each stream after a while), resuming from the last event.
+  return new Promise((resolve) => {
+    const source = new EventSource(job.urls.get + "/events");
+    const done = () => { source.close(); $("go").disabled = false; resolve(); };
+    source.addEventListener("status", (event) => {
+      const s = JSON.parse(event.data);
+      const p = s.progress || {};
+      const step = p.steps ? " step " + p.step + "/" + p.steps : "";
+      const place = s.position != null ? " (" + s.position + " ahead)" : "";
+      $("status").textContent = s.status + place + " " + (p.stage || "") + " " + (p.percent || 0) + "%" + step;
+      $("status").dataset.stages = ($("status").dataset.stages || "") + s.status + ":" + (p.stage || "") + " ";
+      if (s.status === "finished") {
+        $("result").alt = s.request.prompt; $("result").src = s.result.image_url; $("result").hidden = false;
+        $("status").textContent = "finished";
+        done();
+      } else if (["failed", "canceled", "stopped"].includes(s.status)) {
+        $("status").textContent = s.status + ": " + (s.error || ""); done();
+      }
+    });
+    source.addEventListener("end", done);
+  });
 }
 </script>
 </body>

@@ -51,7 +51,11 @@ def browser():
 
 
 @pytest.fixture
-def example_server(stack):
+def example_server(procs):
+    """The example app next to a worker and a sim inference server that takes 1.5 s, so progress can be seen."""
+    procs.inference(latency_a="1.5", latency_b="0")
+    procs.worker()
+    stack = procs
     port = free_port()
     proc = Proc(
         [sys.executable, "examples/flask_app.py", "--port", str(port)],
@@ -75,7 +79,13 @@ def test_the_page_shows_the_image_when_the_job_is_done(browser, example_server):
     width = browser.execute_script("return arguments[0].naturalWidth", image)
     assert width == 256, browser.find_element(By.ID, "status").text
     assert "/api/v1/jobs/" in image.get_attribute("src") and image.get_attribute("src").endswith("/image")
-    assert browser.find_element(By.ID, "status").text == "finished"
+    status = browser.find_element(By.ID, "status")
+    assert status.text == "finished"
+    seen = status.get_attribute("data-stages").split()
+    assert any(s.startswith("started:") for s in seen) and seen[-1] == "finished:done", seen  # live progress
+    requested = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert any(url.endswith("/events") for url in requested), requested
+    assert not any("?wait=" in url for url in requested), requested  # followed by events, not by polling
 
 
 def test_the_page_lists_field_errors(browser, example_server):

@@ -31,10 +31,10 @@ def example(settings):
     return app.test_client()
 
 
-def test_the_page_has_the_form_and_polls_the_status_route(example):
+def test_the_page_has_the_form_and_follows_the_events_route(example):
     page = example.get("/").get_data(as_text=True)
     assert '<form id="form"' in page and 'id="prompt"' in page and "/generate" in page
-    assert "fetch(job.urls.get" in page and "?wait=" in page
+    assert 'new EventSource(job.urls.get + "/events")' in page and "?wait=" not in page  # live, no polling
 
 
 def test_bad_input_is_400_with_the_fields(example, redis_conn):
