@@ -6,7 +6,8 @@ It starts a private Redis, the ``sim`` inference server and two workers, runs th
 campaign from ``examples/daily_posters/`` (the same thing ``zimg batch
 examples/daily_posters/products.csv --presets examples/daily_posters/presets.toml
 --manifest OUT/manifest.csv`` does against a running stack), prints the manifest and
-stops everything. No GPU and no network are needed.
+stops everything. No GPU and no network are needed. Only the producer reads the presets file:
+the workers get each job's expanded request and its watermark with the job.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ def main(out: Path) -> int:
         "ZIMG_INFERENCE_URL": f"http://127.0.0.1:{port}",
         "ZIMG_IMAGE_DIR": str(out / "images"),
         "ZIMG_DATA_DIR": str(out / "data"),
-        "ZIMG_PRESETS": str(PRESETS),  # workers resolve the watermark name through the same file
         "ZIMG_SIM_LATENCY_A": "0.01",
         "ZIMG_SIM_LATENCY_B": "0.005",
         "PYTHONUNBUFFERED": "1",
