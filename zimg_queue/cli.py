@@ -242,6 +242,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         from .commands.up import check_port
 
         check_port(stack.inference_port, "--inference-port", "the inference server")
+        for i, gpu in enumerate(gpus[1:], start=1):  # --gpus: GPU i serves on --inference-port + i
+            check_port(stack.inference_port + i, "--inference-port", f"GPU {gpu}'s inference server")
         if stack.web:
             check_port(stack.web_port, "--web-port", "the web API")
     if stack.settings.redis_url:  # a Redis we were told to use must answer now, not after every process started
