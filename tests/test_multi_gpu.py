@@ -69,9 +69,12 @@ def _free(port: int) -> bool:
     return True
 
 
+TOKEN = "multi-gpu-test-token"  # given, so `zimg up` uses it instead of making one: /metrics needs it
+
+
 def _served(url: str) -> float:
     """Requests an inference server answered with an image, from its own ``/metrics``."""
-    text = requests.get(f"{url}/metrics", timeout=5).text
+    text = requests.get(f"{url}/metrics", timeout=5, headers={"Authorization": f"Bearer {TOKEN}"}).text
     found = re.search(r'^zimg_inference_requests_total\{outcome="ok"\} (\S+)$', text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
@@ -102,6 +105,7 @@ def test_up_gpus_serves_on_every_gpu_and_routes_around_a_killed_server(
     urls = [f"http://127.0.0.1:{base}", f"http://127.0.0.1:{base + 1}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
     env.update(ZIMG_REDIS_URL=settings.redis_url or "", ZIMG_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
+    env["ZIMG_INFERENCE_TOKEN"] = TOKEN
     log = (tmp_path / "up.log").open("wb")
     cmd = [sys.executable, "-m", "zimg_queue.cli", "up", "--gpus", "0,1", "--workers", "4", "--no-web"]
     up = subprocess.Popen([*cmd, "--inference-port", str(base)], env=env, cwd=ROOT, stdout=log,
@@ -160,3 +164,16 @@ def test_procfile_prints_the_same_layout_and_the_readme_shows_it():
     )
     assert set(lines) == {"inference-0", "inference-1", "worker-0", "worker-1"}
     assert out.strip() in (ROOT / "README.md").read_text(), "README's multi-GPU Procfile block is out of date"
+
+
+def test_a_taken_port_of_any_gpu_is_named_before_anything_starts():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
+        cmd = [sys.executable, "-m", "zimg_queue.cli", "up", "--gpus", "0,1", "--no-web", "--inference-port"]
+        done = subprocess.run([*cmd, str(port - 1)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and f"port {port} (GPU 1's inference server)" in done.stderr, done.stderr
