@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, help="http: timed requests per row (default 4 x clients)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="backend mode: timed calls per cell (median)")
-    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="http: the servers' --max-wait-ms")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="http: the servers' --max-wait-ms")
     parser.add_argument("--profile", help="sim: a simulator profile (h200-1024, h200-512, rtx4090-1024)")
     parser.add_argument("--sim-scale", type=float, default=1.0, help="sim: multiplies the latency model")
     parser.add_argument("--sim-a", type=float, default=0.2, help="sim without a profile: seconds per batch")

@@ -44,7 +44,7 @@ class Batcher:
         backend: Backend,
         *,
         max_batch: int = 8,
-        max_wait_s: float = 0.01,
+        max_wait_s: float = 0.0,
         max_queue: int | None = None,
         max_batch_pixels: int = 0,
         probe_after: int = 8,

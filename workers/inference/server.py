@@ -89,7 +89,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 7860,
     max_batch: int = 8,
-    max_wait_ms: float = 10.0,
+    max_wait_ms: float = 0.0,
     max_queue: int | None = None,
     max_batch_pixels: int = 0,
     threads: int | None = None,
