@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from flask import Response, redirect
+from flask import Response
 
 from ..settings import Settings
 
@@ -38,7 +38,7 @@ def bucket_redirect(result: Mapping[str, Any], settings: Settings) -> Response |
     store = _store(settings)
     if not store.owns(object_key):
         return None
-    response = redirect(store.url(object_key), code=302)
+    response = Response(status=302, headers={"Location": store.url(object_key)})
     max_age = min(REDIRECT_MAX_AGE, max(0, settings.s3_url_expires - 60)) if not store.public_url else 86_400
     response.headers["Cache-Control"] = f"private, max-age={max_age}"
     return response
