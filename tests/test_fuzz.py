@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -180,3 +181,57 @@ def test_api_create_job_never_5xx_and_enqueues_nothing_on_4xx(api, body):
             assert payload["errors"] and all(isinstance(e["field"], str) and e["message"] for e in payload["errors"])
     else:
         assert resp.status_code in (200, 202) and payload["id"]
+
+
+# --- the dashboard's actions ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dashboard(api):
+    """The same app, with jobs another app keeps on the same Redis: a pickled one, and a JSON one on its own queue."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    client, conn = api
+    planted = {"data": b"\x80\x04\x95pickled", "status": "failed", "origin": "zimg-normal"}
+    conn.hset("rq:job:foreign-pickle", mapping={**planted, "created_at": "2026-01-01T00:00:00.000000Z"})
+    conn.zadd("rq:failed:zimg-normal", {"foreign-pickle": 9e9})
+    other = Queue("their-app", connection=conn, serializer=JSONSerializer).enqueue_call("os.getcwd")
+    return client, conn, ["foreign-pickle", other.id]
+
+
+segments = st.sampled_from(
+    ["zimg-normal", "zimg-low", "their-app", "failed", "queued", "started", "nope", "foreign-pickle"]
+) | text.map(lambda t: quote(t.encode("utf-8", "surrogatepass"), safe=""))
+dashboard_posts = st.tuples(
+    st.sampled_from(
+        [
+            "/rq/job/{a}/requeue",
+            "/rq/job/{a}/delete",
+            "/rq/requeue/{a}",
+            "/rq/queue/{a}/{b}/empty",
+            "/rq/queue/{a}/compact",
+        ]
+    ),  # fmt: skip
+    segments,
+    segments,
+    st.sampled_from(["GET", "POST"]),
+    bodies,
+    st.sampled_from([None, "application/json", "text/plain", "application/x-www-form-urlencoded"]),
+    st.sampled_from([{}, {"Origin": "http://localhost"}, {"Origin": "http://evil.example"}, {"Origin": "null"}]),
+)
+
+
+@FUZZ
+@given(dashboard_posts)
+def test_dashboard_actions_never_5xx_and_never_touch_another_apps_jobs(dashboard, action):
+    client, conn, foreign = dashboard
+    template, a, b, method, (kind, value), content_type, headers = action
+    data = json.dumps(value, ensure_ascii=True).encode() if kind == "json" else value
+    resp = client.open(template.format(a=a, b=b), method=method, data=data, content_type=content_type, headers=headers)
+    event(f"HTTP {resp.status_code}")
+    assert resp.status_code < 500, (action, resp.status_code, resp.get_data(as_text=True)[:300])
+    assert resp.is_json or resp.status_code == 404, (action, resp.status_code)
+    assert all(conn.exists(f"rq:job:{job_id}") for job_id in foreign), "another app's job was changed"
+    if method == "GET" or headers.get("Origin") not in (None, "http://localhost"):
+        assert resp.status_code in (403, 404, 405), (action, resp.status_code)  # never acted on

@@ -66,7 +66,7 @@ def _our_job(job_id: str) -> Job:
     state = get_state()
     try:
         job = Job.fetch(job_id, connection=state.producer.connection, serializer=JSONSerializer)
-    except NoSuchJobError:
+    except (NoSuchJobError, ValueError):  # ValueError: not even a valid RQ job id
         raise ApiError(404, "not_found", f"no job {job_id!r} (it never existed or has expired)") from None
     try:
         job.args  # noqa: B018 - deserializes: a job that is not JSON is not ours
