@@ -7,12 +7,14 @@ import json
 import uuid
 
 import pytest
+import redis
 import requests
 
 from tests.conftest import wait_until
 from tests.test_metrics import samples
 from zimg_queue.logs import configure_logging
-from zimg_queue.metrics import exposition
+from zimg_queue.metrics import HttpRecorder, exposition
+from zimg_queue.redis_server import free_port
 from zimg_queue.settings import Settings
 
 
@@ -67,7 +69,7 @@ def test_http_metrics_are_per_route_and_status(web_app, redis_conn, settings):
     client.post("/v1/jobs", json={"prompt": "a cat"})
     client.post("/v1/jobs", json={"prompt": ""})
     client.get("/no/such/page")
-    m = samples(exposition(redis_conn, settings.queue_names)[0].decode())
+    m = samples(client.get("/metrics").get_data(as_text=True))  # a scrape sees this process's requests at once
 
     def count(method: str, route: str, status: str) -> float:
         labels = (("method", method), ("route", route), ("status", status))
@@ -114,3 +116,19 @@ def test_one_request_id_follows_a_job_through_every_process(procs, web):
     assert ended[-1]["event"] == "job_finished" and ended[-1]["process"] == "worker"
     for proc in (api, inference, worker):
         assert "a tracer bullet" not in proc.output()  # no prompt in any log by default
+
+
+def test_http_observations_wait_in_the_process_while_redis_is_down(redis_conn, settings):
+    down = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    target = {"conn": down}
+    recorder = HttpRecorder(lambda: target["conn"], interval=3600)
+    recorder.observe("GET", "/v1/queues", 200, 0.003)
+    recorder.flush()  # Redis down: kept, not lost, and no exception
+    recorder.observe("GET", "/v1/queues", 200, 0.004)
+    target["conn"] = redis_conn
+    recorder.flush()
+    m = samples(exposition(redis_conn, settings.queue_names)[0].decode())
+    labels = (("method", "GET"), ("route", "/v1/queues"), ("status", "200"))
+    assert m[("zimg_http_request_duration_seconds_count", labels)] == 2
+    assert m[("zimg_http_request_duration_seconds_sum", labels)] == pytest.approx(0.007)
+    assert m[("zimg_http_request_duration_seconds_bucket", (("le", "0.005"), *labels))] == 2

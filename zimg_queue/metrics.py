@@ -7,8 +7,8 @@ killed at any moment. So the numbers live where all of them already meet: Redis.
   finished/failed/images counters per queue and bucketed job-duration and
   inference-time histograms. Producers add to the enqueued counter in the same
   pipeline that enqueues.
-* The web API adds each answered request to one hash (:func:`record_http`): gunicorn runs
-  several processes, and a scrape reaches only one of them.
+* The web API adds its answered requests to one hash (:class:`HttpRecorder`, buffered per
+  process): gunicorn runs several processes, and a scrape reaches only one of them.
 * :class:`RedisCollector` reads those hashes, plus queue depth, registry sizes and the
   worker count straight from RQ's own keys, *at scrape time* (one pipelined round trip).
 
@@ -24,8 +24,13 @@ inference server", "by the web API"): the same call looks different from each si
 
 from __future__ import annotations
 
+import atexit
 import math
-from collections.abc import Iterator, Sequence
+import os
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -92,14 +97,65 @@ def record_job(
         pipe.execute()
 
 
-def record_http(conn: redis.Redis, method: str, route: str, status: int, seconds: float) -> None:
-    """One answered web API request, in one round trip: every gunicorn process adds to the same hash."""
-    series = f"{method}|{route}|{status}"
-    with conn.pipeline(transaction=False) as pipe:
-        pipe.hincrby(f"{PREFIX}:http", f"{series}|{_bucket(seconds, HTTP_BUCKETS)}", 1)
-        pipe.hincrbyfloat(f"{PREFIX}:http", f"{series}|sum", seconds)
-        pipe.hincrby(f"{PREFIX}:http", f"{series}|count", 1)
-        pipe.execute()
+class HttpRecorder:
+    """The web API's request observations, buffered per process and added to Redis once per ``interval``.
+
+    Writing each request to Redis cost a round trip per request (measured: about 0.2 ms, as much as
+    answering a small request); a per-process buffer costs a dict update, and every gunicorn process
+    still adds to the same hash, so a scrape of any process sees all of them, at most ``interval``
+    seconds late. ``flush`` before serving ``/metrics`` makes the answering process's own requests exact.
+    A SIGKILLed process loses at most its last ``interval`` of counts.
+    """
+
+    def __init__(self, connection: Callable[[], redis.Redis], interval: float = 1.0):
+        self.connection = connection
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._sums: defaultdict[str, float] = defaultdict(float)
+        self._pid: int | None = None
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        series = f"{method}|{route}|{status}"
+        with self._lock:
+            self._counts[f"{series}|{_bucket(seconds, HTTP_BUCKETS)}"] += 1
+            self._counts[f"{series}|count"] += 1
+            self._sums[f"{series}|sum"] += seconds
+        if self._pid != os.getpid():  # first request in this process (gunicorn builds the app in each worker)
+            self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+        threading.Thread(target=self._run, name="zimg-http-metrics", daemon=True).start()
+        atexit.register(self.flush)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the buffer to Redis in one round trip; on a Redis error keep it for the next try."""
+        with self._lock:
+            counts, sums = self._counts, self._sums
+            self._counts, self._sums = Counter(), defaultdict(float)
+        if not counts:
+            return
+        try:
+            with self.connection().pipeline(transaction=False) as pipe:
+                for field, n in counts.items():
+                    pipe.hincrby(f"{PREFIX}:http", field, n)
+                for field, total in sums.items():
+                    pipe.hincrbyfloat(f"{PREFIX}:http", field, total)
+                pipe.execute()
+        except redis.RedisError:
+            with self._lock:
+                self._counts.update(counts)
+                for field, total in sums.items():
+                    self._sums[field] += total
 
 
 def _cumulative(raw: dict[str, str], bounds: Sequence[float]) -> list[tuple[str, float]]:

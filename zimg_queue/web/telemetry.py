@@ -7,8 +7,9 @@
 * **Access log.** One ``http_request`` event per answer: method, route, path, status,
   duration, client address. Built from chosen fields, never from headers, so neither the
   ``Authorization`` header nor a token can reach the log (the query string is left out too).
-* **Metrics.** :func:`zimg_queue.metrics.record_http` per answer, labelled by the URL rule
-  (``/v1/jobs/<job_id>``), never the raw path, so the number of series stays bounded.
+* **Metrics.** :class:`zimg_queue.metrics.HttpRecorder` per answer (buffered, added to Redis
+  every second), labelled by the URL rule (``/v1/jobs/<job_id>``), never the raw path, so the
+  number of series stays bounded.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ import time
 import uuid
 from typing import Any
 
-import redis
 import structlog
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 
 from .. import logs
-from ..metrics import record_http
+from ..metrics import HttpRecorder
 from .extension import get_state
 
 HEADER = "X-Request-Id"
@@ -31,6 +31,8 @@ HEADER = "X-Request-Id"
 VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNMATCHED = "unmatched"  # the route label of a request no URL rule matched (a 404)
 INSTALLED = "zimg_telemetry"
+RECORDER = "zimg_http_metrics"
+METRICS_ENDPOINT = "zimg_campaigns.metrics"  # GET /metrics
 
 log = structlog.get_logger("zimg_queue.web.access")
 
@@ -44,6 +46,12 @@ def job_meta() -> dict[str, Any]:
     """What a view adds to a job's meta: ``{"request_id": ...}`` (the worker sends it on)."""
     rid = request_id()
     return {"request_id": rid} if rid else {}
+
+
+def _flush_before_scrape() -> None:
+    """A scrape of ``/metrics`` sees every request this process answered so far (others: within a second)."""
+    if request.endpoint == METRICS_ENDPOINT:
+        current_app.extensions[RECORDER].flush()
 
 
 def _start() -> None:
@@ -64,10 +72,7 @@ def _finish(response: Response) -> Response:
     started = g.get("telemetry_started")
     seconds = time.perf_counter() - started if started is not None else 0.0
     route = _route()
-    try:
-        record_http(get_state().probe, request.method, route, response.status_code, seconds)
-    except redis.RedisError:  # metrics never cost an answer (a health probe answers while Redis is down)
-        log.debug("http_metrics_unrecorded", exc_info=True)
+    current_app.extensions[RECORDER].observe(request.method, route, response.status_code, seconds)
     log.info(
         "http_request", method=request.method, route=route, path=request.path, status=response.status_code,
         duration_ms=round(seconds * 1000, 2), remote_addr=request.remote_addr, bytes=response.content_length,
@@ -84,6 +89,8 @@ def install(app: Flask) -> None:
     if app.extensions.get(INSTALLED):
         return
     app.extensions[INSTALLED] = True
+    app.extensions[RECORDER] = HttpRecorder(lambda: get_state(app).probe)
     app.before_request_funcs.setdefault(None, []).insert(0, _start)
+    app.before_request(_flush_before_scrape)
     app.after_request(_finish)
     app.teardown_request(_teardown)
