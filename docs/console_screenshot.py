@@ -80,7 +80,7 @@ def shoot(base: str, out: str, meanwhile: Callable[[], None]) -> None:
     options.binary_location = "/usr/bin/chromium"
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,1120", "--hide-scrollbars"):  # fmt: skip
+                "--window-size=1280,1260", "--hide-scrollbars"):  # fmt: skip
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
     try:
