@@ -113,13 +113,13 @@ def test_producer_expands_a_preset_and_keeps_options_beside_the_request(producer
     job_id = producer.enqueue(
         {"seed": 5},
         options={"preset": "social", "placeholders": {"title": "jeans", "tagline": "move"},
-                 "webhook_url": "http://127.0.0.1:9/h"},
+                 "webhook_url": "https://93.184.216.34/h"},
     )  # fmt: skip
     job = producer.fetch(job_id)
     request, options = job.args
     assert request["prompt"].startswith("Lifestyle photo of a young person wearing jeans") and request["seed"] == 5
     assert (request["width"], request["height"]) == (1024, 576)
-    assert options["preset"] == "social" and options["webhook_url"] == "http://127.0.0.1:9/h"
+    assert options["preset"] == "social" and options["webhook_url"] == "https://93.184.216.34/h"
     assert options["postprocess"]["watermark"]["name"] == "brand" and options["postprocess"]["format"] == "webp"
 
 
