@@ -44,6 +44,9 @@ README = ROOT / "README.md"
 LANGUAGES = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python", "toml": "toml"}
 MARKER_RE = re.compile(r"<!--\s*readme-test:\s*(skip|background)\s*(.*?)\s*-->")
 BLOCK_TIMEOUT_S = 180
+#: The virtual environment's ``bin``: the clone's ``.venv`` (what ``source .venv/bin/activate`` puts on PATH), else
+#: the one running the tests.
+BIN = ROOT / ".venv" / "bin" if (ROOT / ".venv" / "bin" / "zimg").exists() else Path(sys.executable).parent
 #: Commands of the first block that a test runs differently: line -> (what runs instead or None to skip, why).
 STANDINS: dict[str, tuple[str | None, str]] = {
     "scripts/demo": (".venv/bin/zimg up --demo", "its stack part; scripts/setup is tested in tests/test_stack.py"),
@@ -118,8 +121,7 @@ def readme_env(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         ZIMG_REDIS_URL=redis.url,
         ZIMG_INFERENCE_URL=f"http://127.0.0.1:{port}",
         XDG_DATA_HOME=str(workdir / "xdg-data"),
-        PATH=f"{workdir / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-        VIRTUAL_ENV=str(workdir / ".venv"),
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         PYTHONUNBUFFERED="1",
         HF_HUB_OFFLINE="1",
     )
@@ -161,7 +163,7 @@ def _run(block: Block, env: dict[str, str], cwd: Path) -> subprocess.CompletedPr
     path = cwd / f"readme-L{block.line}.{'py' if block.language == 'python' else 'sh'}"
     if block.language == "python":
         path.write_text(block.text)
-        args = [str(cwd / ".venv" / "bin" / "python"), str(path)]
+        args = [str(BIN / "python"), str(path)]
     else:
         path.write_text("set -euo pipefail\n" + _script(block))
         args = ["bash", str(path)]
