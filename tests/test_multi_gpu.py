@@ -169,11 +169,12 @@ def test_procfile_prints_the_same_layout_and_the_readme_shows_it():
 def test_a_taken_port_of_any_gpu_is_named_before_anything_starts():
     import socket
 
+    base = _two_free_ports()
+    port = base + 1
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind(("127.0.0.1", port))
         taken.listen()
-        port = taken.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
         cmd = [sys.executable, "-m", "zimg_queue.cli", "up", "--gpus", "0,1", "--no-web", "--inference-port"]
-        done = subprocess.run([*cmd, str(port - 1)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        done = subprocess.run([*cmd, str(base)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and f"port {port} (GPU 1's inference server)" in done.stderr, done.stderr
