@@ -48,11 +48,15 @@ def probe(url: str, seconds: float) -> tuple[int, int]:
     return ok, total
 
 
-def stall(port: int, stop: threading.Event, reconnect: bool, dropped: list[int]) -> None:
+#: ``--stall-in head``: a slowloris that stops half-way through its headers.
+PARTIAL_HEAD = b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl"
+
+
+def stall(port: int, stop: threading.Event, reconnect: bool, dropped: list[int], first: bytes = HEAD) -> None:
     while not stop.is_set():
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            sock.sendall(HEAD)
+            sock.sendall(first)
             sock.settimeout(0.5)
             while not stop.is_set():
                 try:
@@ -78,6 +82,7 @@ def main() -> None:
     parser.add_argument("--stalls", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--reconnect", action="store_true")
+    parser.add_argument("--stall-in", choices=["body", "head"], default="body")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         redis_server = EmbeddedRedis(Path(tmp) / "redis", appendonly=False).start()
@@ -93,7 +98,8 @@ def main() -> None:
             wait_http(url, web, timeout=60, ok_codes=(200, 503))
             base_ok, base_total = probe(url, args.seconds / 2)
             stop, dropped = threading.Event(), []
-            threads = [threading.Thread(target=stall, args=(port, stop, args.reconnect, dropped), daemon=True)
+            first = HEAD if args.stall_in == "body" else PARTIAL_HEAD
+            threads = [threading.Thread(target=stall, args=(port, stop, args.reconnect, dropped, first), daemon=True)
                        for _ in range(args.stalls)]  # fmt: skip
             for t in threads:
                 t.start()
@@ -102,7 +108,8 @@ def main() -> None:
             stop.set()
             base = base_ok / base_total
             out = {"server": args.server, "processes": args.processes, "threads": args.threads,
-                   "stalls": args.stalls, "reconnect": args.reconnect, "baseline_answered": round(base, 3),
+                   "stalls": args.stalls, "stall_in": args.stall_in, "reconnect": args.reconnect,
+                   "baseline_answered": round(base, 3),
                    "answered_under_stalls": round(ok / total, 3), "ratio_to_baseline": round(ok / total / base, 3),
                    "probes": total, "stalled_uploads_dropped_by_server": len(dropped)}  # fmt: skip
             print(json.dumps(out))
