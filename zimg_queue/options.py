@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BeforeValidator, ConfigDict, Field, Strict
 from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic.json_schema import JsonDict
 
 from .validation import INTEGRAL, NAME_PATTERN, URL_PATTERN, Checker, ValidationError
 
@@ -125,9 +126,9 @@ class Postprocess:
 
 
 #: Non-empty ``placeholders`` fill a preset's template: they need ``preset``.
-_PLACEHOLDERS_NEED_PRESET = {
-    "if": {"required": ["placeholders"], "properties": {"placeholders": {"minProperties": 1}}},
-    "then": {"required": ["preset"]},
+_PLACEHOLDERS_NEED_PRESET: JsonDict = {
+    "if": {"required": ["placeholders"], "properties": {"placeholders": {"type": "object", "minProperties": 1}}},
+    "then": {"required": ["preset"], "properties": {"preset": {"type": "string"}}},
 }
 
 
@@ -148,7 +149,12 @@ class JobOptions:
         Annotated[
             str,
             Strict(),
-            Field(max_length=MAX_URL, pattern=URL_PATTERN, description="POSTed the job's status when it ends, signed."),
+            Field(
+                max_length=MAX_URL,
+                pattern=URL_PATTERN,
+                description="POSTed the job's status when it ends, signed. Unless ZIMG_WEBHOOK_ALLOW_PRIVATE is set, "
+                "localhost and loopback, private or link-local addresses are refused (literals here, names after DNS).",
+            ),
         ]
         | None
     ) = None

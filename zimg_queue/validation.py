@@ -35,8 +35,12 @@ PROMPT_PATTERN = rf"^[^\u0000]*[^\u0000{WHITESPACE}][^\u0000]*$"
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 #: RQ job ids (and so idempotency keys): Redis key parts and URL path segments.
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
-#: An absolute http(s) URL: a host, then no spaces or control characters.
-URL_PATTERN = r"^https?://[^\u0000-\u0020\u007f/?#]+(?:[/?#][^\u0000-\u0020\u007f]*)?$"
+#: An absolute http(s) URI in ASCII (RFC 3986): optional userinfo, a DNS name or IPv4 host (IDNs in their
+#: xn-- form; no IPv6 literal), an optional port, then printable characters. Whatever matches, urlsplit parses.
+URL_PATTERN = (
+    r"^https?://(?:[A-Za-z0-9._~%!$&'()*+,;=:-]*@)?[A-Za-z0-9._~%!$&'()*+,;=-]+(?::[0-9]{1,5})?"
+    r"(?:[/?#][\u0021-\u007e]*)?$"
+)
 
 #: Messages for a pattern mismatch: the pattern says *what*, this says it in words.
 PATTERN_MESSAGES: dict[str, Callable[[Any], str]] = {
@@ -44,7 +48,7 @@ PATTERN_MESSAGES: dict[str, Callable[[Any], str]] = {
     PROMPT_PATTERN: lambda v: "must not contain NUL characters" if "\x00" in v else "must not be empty",
     NAME_PATTERN: lambda v: "must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
     JOB_ID_PATTERN: lambda v: "must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'",
-    URL_PATTERN: lambda v: "must be an http:// or https:// URL",
+    URL_PATTERN: lambda v: "must be an http:// or https:// URL (ASCII; a host name or IPv4 address)",
 }
 
 

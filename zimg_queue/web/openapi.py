@@ -368,7 +368,7 @@ def _base_schemas() -> Json:
 
 def upstream_document(server_url: str = "/") -> Json:
     """The inference server's own document: ``POST /v1/generate`` with the upstream error shape."""
-    keyed = [("UpstreamGenerateRequest", "validation", TypeAdapter(UpstreamRequest))]
+    keyed = [("UpstreamRequest", "validation", TypeAdapter(UpstreamRequest))]
     _, defs = TypeAdapter.json_schemas(keyed, ref_template=REF)  # type: ignore[arg-type]
     detail = {
         "type": "object",
@@ -391,23 +391,50 @@ def upstream_document(server_url: str = "/") -> Json:
         "servers": [{"url": server_url}],
         "security": [{"bearer": []}],
         "paths": {
+            "/v1/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1 document", "content": JSON_ANY}},
+                }
+            },
             "/v1/generate": {
                 "post": {
                     "operationId": "generate",
                     "summary": "Make one image (batched with concurrent requests of the same size and steps)",
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": ref("UpstreamGenerateRequest")}},
+                        "content": {"application/json": {"schema": ref("UpstreamRequest")}},
                     },
+                    "parameters": [
+                        {"name": "X-Request-Id", "in": "header", "required": False, "schema": {"type": "string"}},
+                        {"name": "X-Zimg-Job-Id", "in": "header", "required": False, "schema": {"type": "string"}},
+                        {
+                            "name": "X-Zimg-Deadline",
+                            "in": "header",
+                            "required": False,
+                            "description": "Unix time in seconds: dropped (504) if not on the GPU by then",
+                            "schema": {"type": "string"},
+                        },
+                    ],
                     "responses": {
                         "200": {"description": 'The image: {"image": base64 PNG or JPEG}', "content": JSON_ANY},
+                        "400": {"description": "Malformed transfer (encoding, truncated, nested)", **json_detail},
                         "401": {"description": "Missing or wrong bearer token", **json_detail},
+                        "409": {"description": "Cancelled (DELETE /v1/requests/<job id>) before it ran", **json_detail},
+                        "413": {"description": "Body too large", **json_detail},
+                        "415": {"description": "A Content-Encoding other than identity", **json_detail},
                         "422": {"description": "Invalid input: detail lists each bad field", **json_detail},
                         "500": {"description": "CUDA out of memory or a generation failure", **json_detail},
-                        "503": {"description": "Busy or unhealthy; see Retry-After", **json_detail},
+                        "503": {
+                            "description": "Busy (queue full) or unhealthy; see Retry-After",
+                            "headers": {"Retry-After": _header("Seconds to wait", {"type": "integer"})},
+                            **json_detail,
+                        },
+                        "504": {"description": "X-Zimg-Deadline passed before the GPU got to it", **json_detail},
                     },
                 }
-            }
+            },
         },
         "components": {
             "schemas": {**defs.get("$defs", {}), "Detail": detail, "ErrorDetail": item},
