@@ -285,3 +285,22 @@ def test_an_unrecoverable_cuda_error_makes_healthz_503_and_the_process_exit_non_
     health = requests.get(f"{server.url}/healthz", timeout=5)
     assert health.status_code == 503 and health.json()["status"] == "failed"
     assert server.popen.wait(timeout=30) == 3  # type: ignore[union-attr]
+
+
+def test_stalled_uploads_do_not_starve_healthz(procs):
+    """waitress buffers a body before a thread sees it: 40 clients that stop mid-upload hold no thread."""
+    server = procs.inference(latency_a="0", latency_b="0")
+    host, port = server.url.removeprefix("http://").split(":")
+    head = b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    stalled = []
+    try:
+        for _ in range(40):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(head + b'{"prompt": "')
+            stalled.append(sock)
+        for _ in range(5):
+            assert requests.get(f"{server.url}/healthz", timeout=2).status_code == 200
+        assert post(server, GOOD).status_code == 200
+    finally:
+        for sock in stalled:
+            sock.close()
