@@ -36,8 +36,8 @@ SCENARIOS: dict[str, tuple[Callable[[], dict], Callable[[], dict]]] = {
         lambda: overhead.run(20, cache_hits=5, warmup=3),
     ),
     "gpu_busy": (
-        lambda: gpu_busy.run(96),  # every simulator profile, max-batch and 2x max-batch workers
-        lambda: gpu_busy.run(16, profiles=("h200-512",), workers=(8,), batch_s=0.05),
+        lambda: gpu_busy.run(64),  # every simulator profile, max-batch and 2x max-batch workers
+        lambda: gpu_busy.run(16, profiles=("h200-512",), workers=(8,), batch1_s=0.02),
     ),
     "enqueue_rate": (
         lambda: enqueue_rate.run(),
