@@ -126,3 +126,50 @@ def test_a_browser_sees_the_console_update_live(procs, producer, web, browser, t
     shot = tmp_path / "console.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+
+def test_past_max_streams_a_page_gets_one_snapshot_and_polls_instead(web_app):
+    """Open consoles never take more than MAX_STREAMS of a process's threads away from the API."""
+    from zimg_queue.web import console
+
+    client = web_app().test_client()
+    taken = [console.STREAMS.acquire(blocking=False) for _ in range(console.MAX_STREAMS)]  # as streams elsewhere
+    assert all(taken)
+    try:
+        polled = client.get("/console/events").get_data(as_text=True)  # must end by itself
+        busy_ms = int(console.BUSY_RETRY_S * 1000)
+        assert polled.startswith(f"retry: {busy_ms}\n")
+        assert polled.count("event: snapshot") == 1
+    finally:
+        for _ in taken:
+            console.STREAMS.release()
+    streaming = client.get("/console/events", buffered=False)  # a slot is free: a real stream
+    first = next(iter(streaming.response))
+    interval_ms = int(console.INTERVAL_S * 1000)
+    assert first == f"retry: {interval_ms}\n\n".encode()
+    assert free_slots(console.STREAMS, console.MAX_STREAMS) == console.MAX_STREAMS - 1
+    streaming.close()  # the slot comes back when the server closes the answer
+    assert free_slots(console.STREAMS, console.MAX_STREAMS) == console.MAX_STREAMS
+
+
+def free_slots(semaphore, most: int) -> int:
+    got = [semaphore.acquire(blocking=False) for _ in range(most)]
+    for ok in got:
+        if ok:
+            semaphore.release()
+    return sum(got)
+
+
+def test_with_redis_down_the_page_loads_and_the_stream_says_why(web_app):
+    from zimg_queue.redis_server import free_port
+
+    client = web_app(ZIMG_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0").test_client()
+    assert client.get("/").status_code == 200
+    streaming = client.get("/console/events", buffered=False)
+    try:
+        chunks = iter(streaming.response)
+        next(chunks)  # retry
+        event = next(chunks).decode()
+        assert event.startswith("event: unavailable\n") and "Redis: ConnectionError" in event
+    finally:
+        streaming.close()

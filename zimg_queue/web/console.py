@@ -18,6 +18,7 @@ never holds a server thread for good.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -40,6 +41,9 @@ STREAM_S = 60.0
 HISTORY = 150  # samples: 5 minutes at INTERVAL_S
 GALLERY = 12
 RESULT_CACHE = 256  # finished jobs never change: their gallery entries are read once
+MAX_STREAMS = 4  # per process: open consoles never take more than these threads from the API
+BUSY_RETRY_S = 5.0
+STREAMS = threading.BoundedSemaphore(MAX_STREAMS)
 
 
 def _servers(state: WebState) -> list[str]:
@@ -167,21 +171,33 @@ def page() -> str:
     return render_template("console.html", window_s=HISTORY * INTERVAL_S)
 
 
+def _event() -> str:
+    try:
+        return f"event: snapshot\ndata: {json.dumps(snapshot(), separators=(',', ':'))}\n\n"
+    except redis.RedisError as exc:  # the page says so and the stream goes on; Redis may come back
+        return f"event: unavailable\ndata: {json.dumps({'error': f'Redis: {type(exc).__name__}'})}\n\n"
+
+
 @bp.get("/console/events")
 def events() -> Response:
-    """Server-sent events: a ``snapshot`` event now and every ``INTERVAL_S``, for ``STREAM_S`` (then reconnect)."""
+    """Server-sent events: a ``snapshot`` event now and every ``INTERVAL_S``, for ``STREAM_S`` (then reconnect).
+
+    A stream holds a server thread, which the API needs too: past ``MAX_STREAMS`` per process, a page
+    gets one snapshot and is told to come back in ``BUSY_RETRY_S`` (it polls instead of streaming).
+    """
+    streaming = STREAMS.acquire(blocking=False)
 
     def stream() -> Iterator[str]:
-        yield f"retry: {int(INTERVAL_S * 1000)}\n\n"
-        ends = time.monotonic() + STREAM_S
+        yield f"retry: {int((INTERVAL_S if streaming else BUSY_RETRY_S) * 1000)}\n\n"
+        ends = time.monotonic() + (STREAM_S if streaming else 0)
         while True:
-            try:
-                yield f"event: snapshot\ndata: {json.dumps(snapshot(), separators=(',', ':'))}\n\n"
-            except redis.RedisError as exc:  # the page says so and the stream goes on; Redis may come back
-                yield f"event: unavailable\ndata: {json.dumps({'error': f'Redis: {type(exc).__name__}'})}\n\n"
+            yield _event()
             if time.monotonic() + INTERVAL_S > ends:
                 return
             time.sleep(INTERVAL_S)
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return Response(stream_with_context(stream()), mimetype="text/event-stream", headers=headers)
+    response = Response(stream_with_context(stream()), mimetype="text/event-stream", headers=headers)
+    if streaming:  # the WSGI server closes every answer, also when the client went away before the first byte
+        response.call_on_close(STREAMS.release)
+    return response
