@@ -134,6 +134,9 @@ def test_up_gpus_serves_on_every_gpu_and_routes_around_a_killed_server(
         assert up.poll() is None, "zimg up must keep running when one GPU's server dies"
         wait_until(lambda: _up(urls[0]) and _server_pid(base) != pids[0], timeout=60)  # restarted in place
         assert "inference-0 exited" in (tmp_path / "up.log").read_text()
+    except BaseException:
+        print((tmp_path / "up.log").read_text(errors="replace")[-6000:])  # shown by pytest on failure
+        raise
     finally:
         if up.poll() is None:
             up.send_signal(signal.SIGINT)  # what Ctrl-C does: `up` stops every child
