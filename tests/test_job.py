@@ -73,19 +73,12 @@ def test_jpeg_and_webp_are_written_in_their_format(stack, producer: Producer):
             assert image.format == pil and image.size == (128, 64)
 
 
-def test_inference_server_down_fails_after_retries_and_says_so(procs, producer: Producer):
-    procs.worker()  # no inference server is listening on settings.inference_url
-    job_id = producer.enqueue("nobody home", width=64, height=64)
-    status = producer.wait(job_id, timeout=60)
-    assert status["status"] == "failed"
-    assert "could not be reached" in status["error"]
-    assert len(status["attempts"]) == procs.settings.max_retries + 1
-    assert not list(Path(procs.settings.images_path).glob("*"))
-
-
-def test_out_of_memory_fails_clearly_when_downscaling_is_off(procs, producer: Producer):
+def test_out_of_memory_fails_clearly_when_downscaling_is_off(procs, redis_conn, settings):
+    """Changed settings: no downscaling (the default's is the next test) and no retries (the point is the message;
+    retries on the shipped intervals are test_faults.py::test_5xx_is_retried_with_exponential_backoff_and_jitter)."""
+    producer = Producer(redis_conn, settings.with_(max_retries=0))
     procs.inference(latency_a="0", latency_b="0", oom_pixels=str(64 * 64))
-    procs.worker(zimg_oom_downscale="false", zimg_max_retries="0")
+    procs.worker(zimg_oom_downscale="false")
     status = producer.wait(producer.enqueue("too big", width=256, height=256), timeout=30)
     assert status["status"] == "failed"
     assert "out of memory" in status["error"].lower()
@@ -100,16 +93,6 @@ def test_out_of_memory_retries_once_smaller_and_says_it_was_downscaled(procs, pr
     assert result["downscaled"] == {"from": [1024, 1024], "to": [768, 768]}
     with Image.open(result["path"]) as image:
         assert image.size == (768, 768)
-
-
-def test_empty_image_fails_without_retry_or_file(procs, producer: Producer):
-    procs.inference(latency_a="0", latency_b="0", empty_rate="1")
-    procs.worker()
-    status = producer.wait(producer.enqueue("empty", width=64, height=64), timeout=30)
-    assert status["status"] == "failed"
-    assert "empty image" in status["error"]
-    assert len(status["attempts"]) == 1  # BadImage is permanent: not retried
-    assert not list(Path(procs.settings.images_path).glob("*"))
 
 
 def test_the_one_call_api_reads_its_settings_from_the_environment(stack, monkeypatch):

@@ -8,7 +8,7 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import BadImage
+from .errors import BadImage, EmptyImage
 
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
@@ -16,7 +16,7 @@ PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 def decode(image_b64: object, width: int, height: int) -> tuple[bytes, Image.Image]:
     """Raw bytes and the opened image; :class:`BadImage` unless it is a real image of ``width x height``."""
     if not isinstance(image_b64, str) or not image_b64:
-        raise BadImage("inference server returned an empty image")
+        raise EmptyImage("inference server returned an empty image")
     try:
         raw = base64.b64decode(image_b64, validate=True)
         image = Image.open(io.BytesIO(raw))

@@ -4,6 +4,9 @@
 are built once per process (:func:`context`), not per job. Progress goes into
 ``job.meta["progress"]`` at each stage, so it shows in the status API and in
 rq-dashboard; each failed attempt is appended to ``job.meta["attempts"]``.
+
+An unreachable or busy inference server is not a failed attempt: the job trips the
+shared breaker (:mod:`workers.outage`) and goes back to the front of its queue.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+import redis
 from rq import get_current_job
 from rq.job import Job
 
@@ -26,9 +30,10 @@ from zimg_queue.settings import Settings
 from zimg_queue.status import now_iso
 
 from .client import GenerateResponse, InferenceClient
-from .errors import BadOptions, GenerateError, InferenceOutOfMemory, JobStopped
+from .errors import BadOptions, GenerateError, InferenceDown, InferenceOutage, InferenceOutOfMemory, JobStopped
 from .imaging import decode, encode, format_of
 from .inference_pool import InferencePool, inference_client
+from .outage import AwaitInference, Breaker
 from .storage import ImageStore
 
 #: Set by the worker when RQ asks it to stop the job it is running (see ``workers.worker``).
@@ -44,6 +49,13 @@ class Context:
     client: InferenceClient | InferencePool
     store: ImageStore
     pool: ThreadPoolExecutor
+    outage: Breaker | None = None
+
+    def breaker(self, connection: redis.Redis) -> Breaker:
+        """The process's one breaker: the worker (waiting) and its jobs (tripping, closing) share its state."""
+        if self.outage is None:
+            self.outage = Breaker(connection, self.settings.outage_budget)
+        return self.outage
 
 
 @lru_cache(maxsize=1)
@@ -51,7 +63,12 @@ def context() -> Context:
     """Per-process state, built on the first job and reused by every later one."""
     s = Settings.from_env()
     # A comma list of URLs (one server per GPU or host) gets a pool that fails over (workers.inference_pool).
-    client = inference_client(s.inference_url, connect_timeout=s.connect_timeout, read_timeout=s.read_timeout)
+    client = inference_client(
+        s.inference_url,
+        connect_timeout=s.connect_timeout,
+        read_timeout=s.read_timeout,
+        token=s.secret("inference_token"),
+    )
     # More than one thread: a stopped job's HTTP call may still be running when the next job starts.
     return Context(s, client, ImageStore(s.images_path), ThreadPoolExecutor(4, thread_name_prefix="inference"))
 
@@ -63,11 +80,12 @@ def set_progress(job: Job | None, stage: str, percent: int, **extra: Any) -> Non
     job.save_meta()
 
 
-def generate(request: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any]:
+def generate(request: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any] | AwaitInference:
     """Make (or find) the image for ``request``, post-process and store it as ``options`` say; return where it is.
 
     ``options`` is a :class:`zimg_queue.options.JobOptions` dict (post-processing, storage,
-    webhook); the preset was already expanded into ``request`` by the producer.
+    webhook); the preset was already expanded into ``request`` by the producer. Returns
+    :class:`AwaitInference` (RQ: run me again) while the inference server is down.
     """
     job = get_current_job()
     started = time.time()
@@ -92,12 +110,14 @@ def generate(request: dict[str, Any], options: dict[str, Any] | None = None) -> 
             remote.publish(result)
         set_progress(job, "done", 100)
         return result
+    except InferenceDown as exc:  # before GenerateError: an outage is waited out, not a spent attempt
+        return _await_inference(job, ctx, exc)
     except ValidationError as exc:  # e.g. a watermark name the operator has not configured: retrying cannot help
-        exc = BadOptions(str(exc))
-        _record_attempt(job, exc)
+        bad = BadOptions(str(exc))
+        _record_attempt(job, bad)
         if job is not None:
             job.retries_left = 0
-        raise exc from None
+        raise bad from None
     except GenerateError as exc:
         _record_attempt(job, exc)
         if job is not None and not exc.transient:
@@ -140,6 +160,7 @@ def _generate(job: Job | None, ctx: Context, req: GenerateRequest, started: floa
         "total_s": round(time.time() - started, 4),
     }
     result = _result(effective, str(path), data, timings, backend=response.backend, cache_hit=False)
+    result["batch_size"] = response.batch_size
     if downscaled:
         result["downscaled"] = downscaled
     return result
@@ -203,17 +224,24 @@ def _call(job: Job | None, ctx: Context, req: GenerateRequest) -> GenerateRespon
     body = req.to_dict()
     if body["output_format"] not in UPSTREAM_FORMATS:
         body["output_format"] = "png"  # converted with Pillow after
-    request_id = job.id if job is not None else None
-    future = ctx.pool.submit(ctx.client.generate, body, request_id=request_id)
+    job_id = job.id if job is not None else None
+    request_id = (job.meta.get("request_id") if job is not None else None) or job_id
+    future = ctx.pool.submit(ctx.client.generate, body, request_id=request_id, job_id=job_id)
     last_step = None
     while True:
         if STOP.is_set():
             future.cancel()
+            if job_id:  # best effort, off this thread: the server drops the request if it has not run yet
+                ctx.pool.submit(ctx.client.cancel, job_id)
             raise JobStopped("job was stopped while waiting for the inference server")
         try:
-            return future.result(timeout=PROGRESS_POLL_S)
+            response = future.result(timeout=PROGRESS_POLL_S)
         except FutureTimeout:
             pass
+        else:
+            if job is not None:
+                ctx.breaker(job.connection).close()  # no-op unless this process saw an outage
+            return response
         step = ctx.client.progress(request_id) if request_id else None
         if step and step.get("step") != last_step and step.get("steps"):
             last_step = step["step"]
@@ -228,6 +256,31 @@ def downscale(req: GenerateRequest, factor: float = 0.75) -> GenerateRequest | N
     if (width, height) == (req.width, req.height) or width * height >= req.width * req.height:
         return None
     return replace(req, width=width, height=height)
+
+
+def _await_inference(job: Job | None, ctx: Context, exc: InferenceDown) -> AwaitInference:
+    """The server is down or busy: trip the shared breaker and go back to the queue, or fail past the budget."""
+    if job is None:
+        raise exc
+    outage = ctx.breaker(job.connection).trip(exc)
+    budget = ctx.settings.outage_budget
+    if budget <= 0 or outage.down_for > budget:
+        failed = InferenceOutage(
+            f"the inference server was down for {outage.down_for:.0f} s (since {outage.since_iso}), longer than "
+            f"the outage budget ZIMG_OUTAGE_BUDGET={budget:g} s; last error: {exc}"
+        )
+        _record_attempt(job, failed)
+        job.retries_left = 0
+        raise failed from None
+    set_progress(
+        job,
+        "waiting_for_inference_server",
+        0,
+        since=outage.since_iso,
+        detail=f"the inference server is unavailable ({exc}); this job waits for it (no retry spent) "
+        f"for up to {budget:g} s of outage",
+    )
+    return AwaitInference()
 
 
 def _record_attempt(job: Job | None, exc: Exception) -> None:

@@ -8,6 +8,13 @@ would only add latency. Several processes run side by side through RQ's
 A job holds a short lease while it runs (:mod:`workers.lease`), so a worker
 that is SIGKILLed loses its job to another worker within about ``lease_ttl``
 seconds instead of RQ's default of many minutes.
+
+While the inference server is down, workers take no job (:mod:`workers.outage`):
+the backlog waits in its queue instead of spending its retries.
+
+Every job that ends writes one structured log line (``job_finished``: id, queue,
+status, attempt, timings, cache hit, backend, batch size); prompts are logged only
+with ``ZIMG_LOG_PROMPTS``.
 """
 
 from __future__ import annotations
@@ -16,9 +23,13 @@ import logging
 import os
 import signal
 from collections.abc import Iterable
+from typing import Any
 
-from rq import Queue, SimpleWorker
-from rq.job import Job
+import structlog
+from rq import Queue, Retry, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
@@ -27,11 +38,13 @@ from rq.worker_pool import WorkerPool
 from zimg_queue.connection import connect
 from zimg_queue.settings import Settings
 
-from .job import STOP
+from .job import STOP, context
 from .lease import Lease, Reaper, record_worker_death, sweep
+from .outage import AwaitInference
 from .storage import ImageStore
 
 log = logging.getLogger(__name__)
+jobs_log = structlog.get_logger(__name__)
 
 
 class OrphanAwareScheduler(RQScheduler):
@@ -59,13 +72,16 @@ class ZimgWorker(SimpleWorker):
         # Idle workers wake every 30 s, so maintenance (which restarts a dead scheduler) runs at least that often.
         kwargs.setdefault("maintenance_interval", 30)
         kwargs.setdefault("worker_ttl", 45)
+        settings = Settings.from_env()
+        # Job descriptions hold the prompt: customer data, logged only when the operator says so.
+        kwargs.setdefault("log_job_description", settings.log_prompts)
         connection = kwargs.get("connection")
         # WorkerPool builds its queues without a serializer: rebuild them so every read is JSON.
-        queues = [
+        json_queues = [
             Queue(q if isinstance(q, str) else q.name, connection=connection, serializer=JSONSerializer) for q in queues
         ]
-        super().__init__(queues, *args, **kwargs)
-        settings = Settings.from_env()
+        super().__init__(json_queues, *args, **kwargs)
+        self.settings = settings
         self.lease_ttl = lease_ttl or settings.lease_ttl
         # A worker SIGKILLed mid-write leaves a temporary file: its replacement removes it.
         ImageStore(settings.images_path).remove_orphans()
@@ -95,7 +111,28 @@ class ZimgWorker(SimpleWorker):
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
         self.reaper.start()  # here, not in __init__: after the scheduler has forked, and only in a working worker
+        self.await_inference()
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def await_inference(self) -> None:
+        """Take no job while the shared breaker says the inference server is down (see :mod:`workers.outage`)."""
+        breaker = context().breaker(self.connection)
+        if breaker.state() is None:
+            return
+        self.procline("Waiting for the inference server")
+        turn = breaker.wait_turn(heartbeat=self.heartbeat)
+        log.info("worker %s: inference server breaker says %s", self.name, turn)
+
+    def handle_job_retry(
+        self, job: Job, queue: Queue, retry: Retry, started_job_registry: StartedJobRegistry, execution: Execution
+    ) -> None:
+        """A job waiting for the inference server goes back to the *front* of its queue, its retries untouched."""
+        if not isinstance(retry, AwaitInference):
+            return super().handle_job_retry(job, queue, retry, started_job_registry, execution)
+        with self.connection.pipeline() as pipe:
+            queue._enqueue_job(job, pipeline=pipe, at_front=True)
+            self.cleanup_execution(job, pipeline=pipe)
+            pipe.execute()
 
     def clean_registries(self) -> None:
         sweep(self.connection, self.queue_names())  # first, so a death found at start-up is recorded
@@ -104,11 +141,16 @@ class ZimgWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         STOP.clear()
         self.prepare_execution(job)
+        attempt = len(job.meta.get("attempts", [])) + 1  # this execution's number, whatever it records
         self._lease = Lease(self, job, self.lease_ttl).__enter__()
         try:
             self.perform_job(job, queue)
         finally:
             self._lease.__exit__()
+        try:  # still BUSY: a SIGTERM now is a warm shutdown after this, not an exception in here
+            log_job_end(job, queue, attempt, log_prompts=self.settings.log_prompts)
+        except Exception:  # a log line must never cost a job
+            log.warning("could not log the end of job %s", job.id, exc_info=True)
         self.set_state(WorkerStatus.IDLE)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
@@ -118,6 +160,12 @@ class ZimgWorker(SimpleWorker):
             lease.__exit__()
         super().handle_execution_ended(job, queue, heartbeat_ttl)
 
+    def unsubscribe(self) -> None:
+        """RQ's, with a bounded wait: its pubsub thread blocks up to 60 s per read, and RQ joins it with no
+        timeout, so a worker stopped right after a job could take a minute to exit (the thread is a daemon)."""
+        if self.pubsub_thread:
+            self.pubsub_thread.stop(timeout=0.5)
+
     def teardown(self) -> None:
         self.reaper.stop()
         super().teardown()
@@ -125,6 +173,38 @@ class ZimgWorker(SimpleWorker):
     def kill_horse(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """RQ's stop-job command lands here; the job notices ``STOP`` and ends as ``stopped``."""
         STOP.set()
+
+
+def log_job_end(job: Job, queue: Queue, attempt: int, *, log_prompts: bool = False) -> None:
+    """One structured line per ended execution: what operators graph and grep (no prompt unless asked)."""
+    state = job.get_status(refresh=False)
+    status = state.value if isinstance(state, JobStatus) else str(state)
+    result: dict[str, Any] = job._result if status == JobStatus.FINISHED.value and isinstance(job._result, dict) else {}
+    fields: dict[str, Any] = {
+        "job_id": job.id,
+        "queue": queue.name,
+        "status": status,
+        "attempt": attempt,
+        "queued_s": result.get("queued_s"),
+        "inference_s": result.get("inference_s"),
+        "total_s": result.get("total_s", _seconds(job)),
+        "cache_hit": result.get("cache_hit"),
+        "backend": result.get("backend"),
+        "batch_size": result.get("batch_size"),
+    }
+    if status in (JobStatus.QUEUED.value, JobStatus.SCHEDULED.value):  # it runs again: why
+        waiting = (job.meta.get("progress") or {}).get("stage") == "waiting_for_inference_server"
+        fields["next"] = "wait_for_inference_server" if waiting else "retry"
+    if log_prompts and job.args and isinstance(job.args[0], dict):
+        fields["prompt"] = job.args[0].get("prompt")
+    level = "warning" if status == JobStatus.FAILED.value else "info"
+    getattr(jobs_log, level)("job_finished", **fields)
+
+
+def _seconds(job: Job) -> float | None:
+    if job.started_at is None or job.ended_at is None:
+        return None
+    return round((job.ended_at - job.started_at).total_seconds(), 4)
 
 
 def run(settings: Settings, *, processes: int = 1, burst: bool = False, logging_level: str = "INFO") -> None:

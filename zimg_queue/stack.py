@@ -8,6 +8,7 @@ and the status web service. The same processes are listed in the ``Procfile``.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -34,11 +35,18 @@ class Stack:
     restarts: dict[str, int] = field(default_factory=dict)  # GPU inference server name -> times restarted
     _restart_due: dict[str, float] = field(default_factory=dict)
     _gpu_servers: dict[str, tuple[str, GpuServer]] = field(default_factory=dict)
+    #: The inference servers' token: ``ZIMG_INFERENCE_TOKEN``, or a random one made for this stack's own children.
+    inference_token: str = ""
+
+    def __post_init__(self) -> None:
+        given = self.inference_token or self.settings.secret("inference_token")
+        self.inference_token = given or secrets.token_urlsafe(32)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["ZIMG_REDIS_URL"] = self.settings.redis_url or ""
         env["ZIMG_INFERENCE_URL"] = self.settings.inference_url
+        env["ZIMG_INFERENCE_TOKEN"] = self.inference_token  # the servers require it, the workers send it
         env["ZIMG_DATA_DIR"] = str(Path(self.settings.data_dir).resolve())
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env

@@ -22,6 +22,9 @@ FINAL = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STO
 FINAL_NAMES = {s.value for s in FINAL}
 #: Queue positions beyond this are reported as ``None`` rather than scanned for.
 POSITION_LIMIT = 1000
+#: A running job's worker renews its lease (and ``last_heartbeat``) every 3 s at most (``workers.lease``):
+#: a ``started`` job silent for longer than this has lost its worker.
+SILENT_WORKER_S = 10.0
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -83,6 +86,8 @@ def job_status(job: Job, *, refresh: bool = False) -> dict[str, Any]:
             died = [a["error"] for a in meta.get("attempts", []) if str(a.get("error", "")).startswith("WorkerDied")]
             error = died[-1] if died else "WorkerDied: the worker running this job died and no attempts were left"
     progress = dict(meta.get("progress") or {"stage": status, "percent": 0})
+    if status == JobStatus.STARTED.value:
+        progress = _worker_silence(job) or progress
     return {
         "id": job.id,
         "status": status,
@@ -97,6 +102,29 @@ def job_status(job: Job, *, refresh: bool = False) -> dict[str, Any]:
         "enqueued_at": _iso(job.enqueued_at),
         "started_at": _iso(job.started_at),
         "ended_at": _iso(job.ended_at),
+    }
+
+
+def _worker_silence(job: Job) -> dict[str, Any] | None:
+    """For a ``started`` job whose worker stopped renewing its lease: progress that says so (else ``None``).
+
+    The job stays ``started`` in Redis until some worker's sweeper re-queues it; with no worker
+    running at all, that is until one starts. Its status must not claim it is still running.
+    """
+    beat = job.last_heartbeat
+    if beat is None:
+        return None
+    beat = beat if beat.tzinfo else beat.replace(tzinfo=timezone.utc)
+    silent = (datetime.now(timezone.utc) - beat).total_seconds()
+    if silent <= SILENT_WORKER_S:
+        return None
+    return {
+        "stage": "worker_died",
+        "percent": 0,
+        "reason": "WorkerDied",
+        "detail": f"the worker running this job stopped renewing its lease {silent:.0f} s ago (killed, out of "
+        "memory or its machine went away); a running worker re-queues it (or fails it when no attempts are "
+        "left) once the lease has expired",
     }
 
 
