@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import enqueue_rate, gpu_busy, memory, overhead, status_depth
+from . import enqueue_rate, gpu_busy, memory, overhead, status_depth, validation
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -50,6 +50,10 @@ SCENARIOS: dict[str, tuple[Callable[[], dict], Callable[[], dict]]] = {
     "memory": (
         lambda: memory.run(50),
         lambda: memory.run(3, size=256),
+    ),
+    "validation": (  # pydantic models vs the hand-written validator they replaced (benchmarks/old_validator.py)
+        lambda: validation.run(),
+        lambda: validation.run(n=1000, single=100, batched=1000, chunk=500, rounds=1),
     ),
 }
 

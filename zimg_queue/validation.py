@@ -146,6 +146,22 @@ def _range(rule: Mapping[str, Any], value: Any) -> str:
     return f"must be at most {hi} (got {value!r})"
 
 
+#: Messages that quote the published rule (bounds, allowed values): only these look it up.
+_NEEDS_RULE = {"greater_than_equal", "less_than_equal", "greater_than", "less_than", "enum", "literal_error"}
+_RULES: dict[tuple[int, tuple[Any, ...]], dict[str, Any]] = {}
+
+
+def _rule_at(schema: Mapping[str, Any], loc: tuple[Any, ...]) -> dict[str, Any]:
+    """:func:`schema_at`, remembered: the error path stays cheap (schemas are built once per model)."""
+    key = (id(schema), tuple(p for p in loc if not isinstance(p, int)))
+    rule = _RULES.get(key)
+    if rule is None:
+        if len(_RULES) > 4096:  # keys can carry client-chosen names (map keys): stay bounded
+            _RULES.clear()
+        rule = _RULES[key] = schema_at(schema, key[1])
+    return rule
+
+
 def _message(err: Mapping[str, Any], rule: Mapping[str, Any]) -> str:
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     if kind == "zimg_rule":
@@ -189,7 +205,7 @@ def errors_from_pydantic(
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         field = _join_loc(loc)
-        message = _message(err, schema_at(schema, loc))
+        message = _message(err, _rule_at(schema, loc) if err["type"] in _NEEDS_RULE else {})
         if not field:
             field = prefix.rstrip(".") or root
             if err["type"] in ("dataclass_type", "model_type", "dict_type", "dataclass_exact_type"):
