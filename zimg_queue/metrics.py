@@ -29,6 +29,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -97,23 +98,27 @@ def record_job(
         pipe.execute()
 
 
+#: Seconds between two flushes of the web API's request observations to Redis.
+HTTP_FLUSH_S = 1.0
+
+
 class HttpRecorder:
-    """The web API's request observations, buffered per process and added to Redis once per ``interval``.
+    """The web API's request observations, buffered per process and added to Redis every ``HTTP_FLUSH_S``.
 
     Writing each request to Redis cost a round trip per request (measured: about 0.2 ms, as much as
     answering a small request); a per-process buffer costs a dict update, and every gunicorn process
-    still adds to the same hash, so a scrape of any process sees all of them, at most ``interval``
-    seconds late. ``flush`` before serving ``/metrics`` makes the answering process's own requests exact.
-    A SIGKILLed process loses at most its last ``interval`` of counts.
+    still adds to the same hash, so a scrape of any process sees all of them, at most a second late.
+    ``flush`` before serving ``/metrics`` makes the answering process's own requests exact. A SIGKILLed
+    process loses at most its last second of counts. One flusher thread per process serves every
+    recorder (one per app) that is still alive.
     """
 
-    def __init__(self, connection: Callable[[], redis.Redis], interval: float = 1.0):
+    def __init__(self, connection: Callable[[], redis.Redis]):
         self.connection = connection
-        self.interval = interval
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._sums: defaultdict[str, float] = defaultdict(float)
-        self._pid: int | None = None
+        _Flusher.add(self)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         series = f"{method}|{route}|{status}"
@@ -121,21 +126,7 @@ class HttpRecorder:
             self._counts[f"{series}|{_bucket(seconds, HTTP_BUCKETS)}"] += 1
             self._counts[f"{series}|count"] += 1
             self._sums[f"{series}|sum"] += seconds
-        if self._pid != os.getpid():  # first request in this process (gunicorn builds the app in each worker)
-            self._start()
-
-    def _start(self) -> None:
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-        threading.Thread(target=self._run, name="zimg-http-metrics", daemon=True).start()
-        atexit.register(self.flush)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
-            self.flush()
+        _Flusher.ensure_running()
 
     def flush(self) -> None:
         """Add the buffer to Redis in one round trip; on a Redis error keep it for the next try."""
@@ -156,6 +147,43 @@ class HttpRecorder:
                 self._counts.update(counts)
                 for field, total in sums.items():
                     self._sums[field] += total
+
+
+class _Flusher:
+    """The process's one flusher thread; started on the first observation in each process (after a fork)."""
+
+    recorders: weakref.WeakSet[HttpRecorder] = weakref.WeakSet()
+    pid: int | None = None
+    lock = threading.Lock()
+
+    @classmethod
+    def add(cls, recorder: HttpRecorder) -> None:
+        with cls.lock:
+            cls.recorders.add(recorder)
+
+    @classmethod
+    def ensure_running(cls) -> None:
+        if cls.pid == os.getpid():
+            return
+        with cls.lock:
+            if cls.pid == os.getpid():
+                return
+            cls.pid = os.getpid()
+        threading.Thread(target=cls._run, name="zimg-http-metrics", daemon=True).start()
+        atexit.register(cls.flush_all)
+
+    @classmethod
+    def flush_all(cls) -> None:
+        with cls.lock:
+            recorders = list(cls.recorders)
+        for recorder in recorders:
+            recorder.flush()
+
+    @classmethod
+    def _run(cls) -> None:
+        while True:
+            time.sleep(HTTP_FLUSH_S)
+            cls.flush_all()
 
 
 def _cumulative(raw: dict[str, str], bounds: Sequence[float]) -> list[tuple[str, float]]:
