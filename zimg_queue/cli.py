@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -129,6 +130,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         from .redis_server import free_port
 
         stack.web, stack.inference_port = False, free_port()
+        demo_log = Path(stack.settings.data_dir).resolve() / "logs" / "demo.log"
+        demo_log.parent.mkdir(parents=True, exist_ok=True)
+        stack.log = demo_log.open("ab")  # the servers' logs go here: the terminal shows the demo and its summary
+        print(f"starting Redis, the sim inference server and {workers} workers (their logs: {demo_log})", flush=True)
     else:
         from .commands.up import check_port
 
@@ -159,9 +164,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             producer = Producer(settings=stack.settings)
             job_id = producer.enqueue(args.demo_prompt, width=512, height=512, seed=42)
             print(f"demo job {job_id}: {args.demo_prompt!r}", flush=True)
-            status = producer.wait(job_id, timeout=120)
-            stack.stop()  # first, so that no shutdown log line comes after the summary
-            return demo_summary(status)
+            return demo_summary(producer.wait(job_id, timeout=120))
         print("stack is up; Ctrl-C stops it", flush=True)
         while not stopping:
             dead = stack.dead()
@@ -173,6 +176,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         pass
     finally:
         stack.stop()
+        if stack.log is not None:
+            stack.log.close()
     return 0
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .gpus import GpuServer, layout
 from .processes import stop_processes, wait_http
@@ -29,6 +30,8 @@ class Stack:
     web_port: int = 8000
     inference_port: int = 7860
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: Where the children's output goes (an open file); ``None``: this process's stdout and stderr.
+    log: Any = None
     redis: EmbeddedRedis | None = None
     #: ``--gpus``: one inference server per GPU id (``CUDA_VISIBLE_DEVICES``), workers spread over them.
     gpus: list[str] = field(default_factory=list)
@@ -52,7 +55,10 @@ class Stack:
         return env
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "zimg_queue.cli", *args], env={**self.env(), **(env or {})})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "zimg_queue.cli", *args], env={**self.env(), **(env or {})}, stdout=self.log,
+            stderr=self.log,
+        )  # fmt: skip
         self.processes[name] = proc
         return proc
 

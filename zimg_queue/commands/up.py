@@ -42,10 +42,11 @@ def demo_summary(status: dict[str, Any], out: Any = None) -> int:
         return 1
     result = status["result"]
     path = Path(result["path"])
-    backend = result.get("backend") or "cache"
+    backend = result.get("backend")
+    made = f"from the {backend} backend" if backend else "found in the image store (the same request ran before)"
     lines = [
         "",
-        f"Done: a {result['width']}x{result['height']} {result['format'].upper()} from the {backend} backend"
+        f"Done: a {result['width']}x{result['height']} {result['format'].upper()} {made}"
         + (" (the declared simulator, not the model)" if backend == "sim" else "")
         + f", in {result.get('total_s', 0):.2f} s.",
         "Look at it in any image viewer: `xdg-open IMAGE` (Linux) or `open IMAGE` (macOS), IMAGE being the last line.",
