@@ -27,6 +27,8 @@ from flask import Flask, jsonify, render_template_string, request, url_for
 
 from zimg_queue import ValidationError
 from zimg_queue.web import ZimgQueue
+from zimg_queue.web.body import ApiError
+from zimg_queue.web.origin import check_origin
 
 zimg = ZimgQueue()
 
@@ -120,6 +122,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.post("/generate")
     def generate():
         """Enqueue from your own view: your checks here, then the producer's validation."""
+        try:
+            check_origin()  # this view takes plain form posts: refuse them from other sites (403)
+        except ApiError as exc:
+            return exc.response()
         data = request.get_json(silent=True)
         if not isinstance(data, dict):
             data = {"prompt": request.form.get("prompt", ""), "width": request.form.get("size", type=int)}

@@ -59,3 +59,9 @@ def test_a_plain_form_post_works_without_javascript(stack, example):
     assert r.status_code == 202
     status = example.get(f"{r.json['urls']['get']}?wait=30").json
     assert status["status"] == "finished" and status["result"]["width"] == 256
+
+
+def test_a_form_post_from_another_site_is_refused(example, redis_conn):
+    r = example.post("/generate", data={"prompt": "a boat", "size": "256"}, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and r.json["error"] == "forbidden_origin"
+    assert redis_conn.llen("rq:queue:zimg-normal") == 0

@@ -5,7 +5,9 @@
 * the inference server's ``POST /v1/generate`` (a real ``zimg inference-server``):
   never a 5xx for client input, always a JSON ``detail``;
 * the public API's ``POST /v1/jobs``: never a 5xx, a JSON error naming the field,
-  and nothing enqueued on a 4xx.
+  and nothing enqueued on a 4xx;
+* the dashboard's actions (``/rq/...`` POST routes, and GETs to them): never a 5xx, a GET or a
+  foreign ``Origin`` never acts, and another app's jobs on the same Redis are never touched.
 """
 
 from __future__ import annotations
