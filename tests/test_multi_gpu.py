@@ -181,3 +181,13 @@ def test_a_taken_port_of_any_gpu_is_named_before_anything_starts():
         cmd = [sys.executable, "-m", "zimg_queue.cli", "up", "--gpus", "0,1", "--no-web", "--inference-port"]
         done = subprocess.run([*cmd, str(base)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and f"port {port} (GPU 1's inference server)" in done.stderr, done.stderr
+
+
+def test_zimg_gpus_setting_is_the_default_of_the_flag():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
+    env["ZIMG_GPUS"] = "2,3"
+    cmd = [sys.executable, "-m", "zimg_queue.cli", "up", "--procfile"]
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "inference-2: CUDA_VISIBLE_DEVICES=2 " in out and "inference-3: CUDA_VISIBLE_DEVICES=3 " in out, out
+    override = subprocess.run([*cmd, "--gpus", "5"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "CUDA_VISIBLE_DEVICES=5 " in override.stdout and "inference-2" not in override.stdout
