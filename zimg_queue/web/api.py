@@ -24,11 +24,11 @@ from werkzeug.exceptions import HTTPException
 from workers.inference_pool import servers_health
 
 from ..idempotency import IdempotencyConflict
-from ..queue import JOB_ID_RE, check_job_id
+from ..queue import JOB_ID_RE
 from ..request import ValidationError
 from ..settings import PRIORITIES
 from .auth import guard
-from .body import ApiError, read_json_object
+from .body import ApiError, read_json_object, take_submission
 from .extension import WebState, get_state
 from .origin import check_origin, require_json
 from .telemetry import job_meta
@@ -102,16 +102,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     data = read_json_object(request, state.limits.max_body_bytes)
     # Re-sending a job that exists (same idempotency key) creates nothing, so it is not counted.
     headers = {} if _existing_key(state, data.get("idempotency_key")) else _rate_limit(state)
-    errors: list[dict[str, str]] = []
-    priority = data.pop("priority", "normal")
-    if priority not in PRIORITIES:
-        errors.append({"field": "priority", "message": f"must be one of {', '.join(PRIORITIES)} (got {priority!r})"})
-    key = data.pop("idempotency_key", None)
-    if key is not None:
-        try:
-            check_job_id(key, "idempotency_key")
-        except ValidationError as exc:
-            errors.extend(exc.errors)
+    priority, key, errors = take_submission(data)  # the JobSubmission model: what the OpenAPI document publishes
     options = data.pop("options", None)
     req = job_opts = None
     try:  # the producer's own validation (presets and options included), run before anything is enqueued

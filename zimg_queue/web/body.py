@@ -56,6 +56,23 @@ class ApiError(Exception):
         return resp
 
 
+def take_submission(data: dict[str, Any]) -> tuple[str, str | None, list[dict[str, str]]]:
+    """Pop ``priority`` and ``idempotency_key`` off a ``POST /v1/jobs`` body and check them with the
+    :class:`~zimg_queue.models.JobSubmission` model (the published schema's rules): ``(priority, key, errors)``.
+
+    ``options`` stays for the producer, which checks it with :class:`~zimg_queue.options.JobOptions`
+    after expanding a preset; the rest of the body is the request.
+    """
+    from ..models import SUBMISSION
+
+    fields = {name: data.pop(name) for name in ("priority", "idempotency_key") if name in data}
+    try:
+        submission = SUBMISSION.validate(fields)
+    except ValidationError as exc:
+        return "normal", None, exc.errors
+    return submission.priority, submission.idempotency_key, []
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
