@@ -296,6 +296,19 @@ def test_edge_bodies_are_accepted_exactly_when_the_published_schema_says(api, na
     agrees(api, body)
 
 
+def test_a_real_zimg_web_server_agrees_on_every_edge(web, redis_conn):
+    """The same edges over HTTP to a real ``zimg web`` process (same settings as the test app, see above)."""
+    server = web(ZIMG_RATE_LIMIT="0", ZIMG_WEBHOOK_ALLOW_PRIVATE="true")
+    session = requests.Session()
+    validator = Validator(published(session.get(f"{server.url}/v1/openapi.json", timeout=10).json(), "JobRequest"))
+    for name, body in EDGES:
+        redis_conn.flushall()
+        raw = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        resp = session.post(f"{server.url}/v1/jobs", data=raw, headers={"Content-Type": "application/json"}, timeout=10)
+        assert (resp.status_code == 202) == validator.is_valid(body), (name, resp.status_code, resp.text[:300])
+        assert resp.status_code in (202, 400), (name, resp.status_code)
+
+
 def test_the_edges_cover_both_answers(api):
     verdicts = {name: api[1].is_valid(body) for name, body in EDGES}
     assert sum(verdicts.values()) >= 15 and len(verdicts) - sum(verdicts.values()) >= 30
