@@ -484,3 +484,22 @@ def test_real_server_batches_concurrent_http_clients(procs) -> None:
     # Each batch of B answered B responses that each say B, so sum(1/B) over responses counts the batches.
     assert round(sum(1 / s for s in sizes)) == stats["batches"] < total
     assert stats["max_batch"] == 8 and stats["busy_s"] > 0
+
+
+def test_each_batch_is_logged_with_its_id_and_its_members_request_ids(make_batcher) -> None:
+    from structlog.testing import capture_logs
+
+    batcher, backend = make_batcher(RecordingBackend(latency=0.1), max_batch=4, max_wait_s=0.0)
+    with capture_logs() as logs:
+        blocker = batcher.submit(req(seed=99, width=128), "hold")
+        wait_until_started(blocker)
+        items = [batcher.submit(req(seed=i), f"req-{i}") for i in range(3)]
+        for item in [blocker, *items]:
+            item.future.result(timeout=10)
+    started = [e for e in logs if e["event"] == "batch_started"]
+    finished = [e for e in logs if e["event"] == "batch_finished"]
+    assert [e["request_ids"] for e in started] == [["hold"], ["req-0", "req-1", "req-2"]]
+    assert (
+        [e["batch_id"] for e in started] == [e["batch_id"] for e in finished] == [blocker.batch_id, items[0].batch_id]
+    )
+    assert all("prompt" not in e for e in logs)  # prompts are customer data

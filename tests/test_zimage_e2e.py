@@ -247,3 +247,23 @@ def test_zimg_up_with_zimg_model_serves_a_job(
     up.popen.send_signal(signal.SIGINT)
     assert up.popen.wait(timeout=30) == 0
     wait_until(lambda: not http_ok(f"{up.url}/healthz"), timeout=10)  # its inference server went with it
+
+
+def test_the_cli_wires_the_speed_options_through_to_the_backend(
+    tiny_model: Path, procs: Processes, settings: Settings
+) -> None:
+    """``--device cpu --dtype bf16 --attention _native_flash --warmup-sizes``: mixed caption lengths all answer."""
+    port = free_port()
+    extra = ["--model", str(tiny_model), "--device", "cpu", "--dtype", "bf16", "--attention", "_native_flash"]
+    extra += ["--warmup-sizes", "64x64,128x64", "--max-batch", "4"]
+    server = procs.zimg(
+        "inference", "inference-server", "--backend", "zimage", "--port", str(port), *extra,
+        url=f"http://127.0.0.1:{port}", env=OFFLINE,
+    )  # fmt: skip
+    health = requests.get(f"{server.url}/healthz", timeout=5).json()
+    assert (health["device"], health["dtype"], health["attention"]) == ("cpu", "bfloat16", "_native_flash")
+    bodies = [{"prompt": p, "width": 64, "height": 64, "seed": i} for i, p in enumerate(["a cat", "x" * 100, "a dog"])]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda b: post(server, b), bodies))
+    assert all(decode(a).size == (64, 64) for a in answers)
+    assert stats(server)["failed_calls"] == 0  # no batch ever built the mask flash attention refuses
