@@ -274,6 +274,14 @@ def test_4xx_from_the_inference_server_is_not_retried(procs: Processes, producer
     assert len(status["attempts"]) == 1 and "answered 401" in status["error"]
 
 
+def test_the_inference_token_is_sent_and_accepted(procs: Processes, producer):
+    """The twin of the 401 test: worker and server given the same ``ZIMG_INFERENCE_TOKEN``."""
+    procs.inference(latency_a="0", latency_b="0", env={"ZIMG_INFERENCE_TOKEN": "s3cret"})
+    procs.worker(zimg_inference_token="s3cret")
+    status = producer.wait(producer.enqueue("accepted", width=64, height=64), timeout=30)
+    assert status["status"] == "finished" and status["attempts"] == [], status
+
+
 # --- 3. Redis restarts --------------------------------------------------------------------------------------
 
 
