@@ -269,7 +269,7 @@ def test_two_gpu_hosts_share_the_queue_and_survive_losing_one(cluster: Cluster, 
     redis_dir.mkdir()
     redis_args = ["--bind", f"{NET}.1", "--port", "6379", "--requirepass", REDIS_PASSWORD, "--dir", str(redis_dir)]
     cluster.start("redis", "redis", [find_redis_server(), *redis_args, "--save", "", "--appendonly", "yes"])
-    cluster.start("redis", "s3", [str(Path(sys.executable).parent / "moto_server"), "-H", f"{NET}.1", "-p", "5000"])
+    cluster.start("redis", "s3", [sys.executable, "-m", "moto.server", "-H", f"{NET}.1", "-p", "5000"])  # moto_server
     client = Client(cluster)
     poll(lambda: client("ping") is True, 30, "redis answers", cluster)
     poll(lambda: client("bucket", "posters") is True, 60, "the S3 API answers", cluster)
