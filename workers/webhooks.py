@@ -111,7 +111,7 @@ def enqueue_delivery(job: Job, connection: redis.Redis, event: str) -> str | Non
         timeout=60,
         result_ttl=settings.result_ttl,
         failure_ttl=settings.failure_ttl,
-        retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
+        retry=Retry(max=len(intervals), interval=intervals) if intervals else None,  # type: ignore[arg-type]
         description=f"webhook {event} for {job.id} to {url}",
     )
     return delivery.id

@@ -71,8 +71,8 @@ def job_status(job: Job, *, refresh: bool = False) -> dict[str, Any]:
     """Everything a client needs about one job, from two Redis reads."""
     if refresh:
         job.refresh()
-    status = job.get_status(refresh=False)
-    status = status.value if hasattr(status, "value") else str(status)
+    state = job.get_status(refresh=False)
+    status: str = state.value if hasattr(state, "value") else str(state)
     meta = job.meta or {}
     result = None
     error = None

@@ -126,7 +126,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     status = "queued"
     if key is not None:  # maybe an earlier job with this key: answer with its real status
         raw = state.producer.connection.hget(Job.key_for(job_id), "status")
-        status = raw.decode() if raw else status
+        status = (raw.decode() if isinstance(raw, bytes) else str(raw)) if raw else status
     links = urls(job_id)
     headers["Location"] = links["get"]
     return jsonify(id=job_id, status=status, urls=links), 202, headers

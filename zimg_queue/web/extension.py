@@ -53,7 +53,7 @@ class WebState:
         settings = producer.settings
         limits = Limits.from_settings(settings)
         limiter = RateLimiter(producer.connection, limits.rate, limits.window, prefix=settings.queue_prefix)
-        probe = redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        probe = redis.Redis.from_url(settings.redis_url or "", socket_timeout=1, socket_connect_timeout=1)
         return cls(settings, producer, limits, limiter, probe)
 
     @property
