@@ -187,7 +187,12 @@ def test_oom_inside_a_batch_splits_and_answers_every_request(
     real_call = pipeline_class.__call__
     sizes: list[int] = []
 
+    release = threading.Event()
+
     def call(self, *args, **kwargs):
+        if kwargs["width"] == 128:  # the request that holds the GPU while the 8 queue up
+            release.wait(30)
+            return real_call(self, *args, **kwargs)
         sizes.append(len(kwargs["prompt"]))
         if len(kwargs["prompt"]) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -196,9 +201,12 @@ def test_oom_inside_a_batch_splits_and_answers_every_request(
     requests_ = [InferenceRequest(prompt=f"image {i}", width=64, height=64, seed=i) for i in range(8)]
     expected = [zimage_backend.generate([r])[0] for r in requests_]
     monkeypatch.setattr(pipeline_class, "__call__", call)
-    batcher = Batcher(zimage_backend, max_batch=8, max_wait_s=5.0)
+    batcher = Batcher(zimage_backend, max_batch=8, max_wait_s=0.0)
     try:
+        hold = batcher.submit(InferenceRequest(prompt="hold", width=128, height=64, seed=0))
         items = [batcher.submit(r, f"r{i}") for i, r in enumerate(requests_)]
+        release.set()
+        hold.future.result(timeout=60)
         images = [item.future.result(timeout=60) for item in items]
     finally:
         batcher.close()
