@@ -74,6 +74,7 @@ ERRORS: dict[int, tuple[str, tuple[str, ...]]] = {
     401: ("Missing or wrong token (ZIMG_API_TOKEN)", ("WWW-Authenticate",)),
     403: ("A state-changing request from a foreign site (Origin) without a bearer token", ()),
     404: ("No such job (never existed, malformed id, or expired)", ()),
+    408: ("The body did not arrive within ZIMG_WEB_BODY_TIMEOUT (answered before the app, by the server)", ()),
     409: ("The idempotency_key is already the id of a job with another body; `id` names that job", ()),
     413: ("Body larger than ZIMG_MAX_BODY_BYTES", ()),
     415: ("Content-Type is not application/json (or a Content-Encoding is not identity)", ()),
@@ -129,7 +130,7 @@ OPERATIONS: dict[tuple[str, str], Json] = {
         "Enqueue an image job",
         {
             "202": answer("JobCreated", "Enqueued (or the existing job of this idempotency_key)", "Location"),
-            **errors(400, 403, 409, 413, 415, 429, 503),
+            **errors(400, 403, 408, 409, 413, 415, 429, 503),
         },
         requestBody={"required": True, "content": {"application/json": {"schema": ref("JobRequest")}}},
     ),
@@ -170,12 +171,22 @@ OPERATIONS: dict[tuple[str, str], Json] = {
         "Server-sent events: the job's stage and step changes until it is final",
         {
             "200": {
-                "description": "An event stream; each event's data is the job's status JSON",
+                "description": "An event stream: `status` events (the job's status JSON) per change, `end` once final",
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
+            "204": {"description": "Last-Event-ID already names the job's final state: nothing more will come"},
             **errors(404, 503),
         },
-        parameters=[JOB_ID],
+        parameters=[
+            JOB_ID,
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "description": "Sent by EventSource on reconnect: only what changed since comes",
+                "schema": {"type": "string"},
+            },
+        ],
     ),
     ("/v1/queues", "get"): op(
         "getQueues", "Queue depths, registry counts and workers", {"200": answer("Queues", "Queues"), **errors(503)}
@@ -223,6 +234,20 @@ OPERATIONS: dict[tuple[str, str], Json] = {
             },
             **errors(503),
         },
+    ),
+    ("/console/images/{job_id}", "get"): op(
+        "consoleImage",
+        "A finished job's image for the console's gallery: GET /v1/jobs/{job_id}/image, asking a browser for Basic",
+        {
+            "200": {
+                "description": "The image",
+                "content": {f"image/{f}": {"schema": {"type": "string", "format": "binary"}} for f in FORMATS},
+            },
+            "302": {"description": "ZIMG_STORAGE=s3 on a host without the file: the object (presigned or public URL)"},
+            "304": {"description": "Not modified (If-None-Match / If-Modified-Since)"},
+            **errors(404, 503),
+        },
+        parameters=[JOB_ID],
     ),
 }
 #: The rq-dashboard mount: one entry for its root page (its internals are its own).
