@@ -37,10 +37,11 @@ def events(url: str, n: int, headers: dict | None = None, timeout: float = 30) -
 
 def test_console_page_and_stream_need_the_token_and_a_browser_gets_basic(web_app):
     client = web_app(ZIMG_API_TOKEN="t0ken").test_client()
-    for path in ("/", "/console/events", "/console/static/console.js"):
+    for path in ("/", "/console/events", "/console/static/console.js", "/console/images/some-job"):
         resp = client.get(path)
         assert resp.status_code == 401, path
     assert client.get("/").headers["WWW-Authenticate"].startswith("Basic")  # the browser's own login prompt
+    assert client.get("/console/images/some-job").headers["WWW-Authenticate"].startswith("Basic")  # for <img>
     basic = "Basic " + base64.b64encode(b"anyone:t0ken").decode()
     page = client.get("/", headers={"Authorization": basic})
     assert page.status_code == 200 and b"/console/events" in page.data and b"console.js" in page.data
@@ -61,8 +62,9 @@ def test_the_stream_sends_queues_workers_gpu_and_the_latest_images(procs, produc
     assert [g["id"] for g in first["gallery"]] == ids[::-1]  # newest first
     fox = first["gallery"][0]
     assert fox["prompt"] == "a red fox number 2" and (fox["width"], fox["height"], fox["seed"]) == (64, 64, 2)
-    assert fox["timings"]["total_s"] > 0 and fox["image"] == f"/v1/jobs/{ids[2]}/image"
-    assert requests.get(api.url + fox["image"], timeout=5).headers["Content-Type"] == "image/png"
+    assert fox["timings"]["total_s"] > 0 and fox["image"] == f"/console/images/{ids[2]}"
+    got = requests.get(api.url + fox["image"], timeout=5)
+    assert got.headers["Content-Type"] == "image/png", got.text
     (server,) = second["gpu"][-1]["servers"]
     assert server["url"] == inference.url and server["up"] and 0 <= server["busy"] <= 1
     assert len(second["gpu"]) >= 2  # the history grows, one sample per interval
@@ -91,16 +93,17 @@ def browser():
 
 
 def test_a_browser_sees_the_console_update_live(procs, producer, web, browser, tmp_path):
+    """Sets ZIMG_API_TOKEN: the browser logs in with Basic, as a person would (the stream test above has none)."""
     from selenium.webdriver.common.by import By
 
     procs.inference(latency_a="0.2", latency_b="0.05", max_wait_ms="300")
     procs.worker(processes=2)
-    api = web()
+    api = web(ZIMG_API_TOKEN="console-t0ken")
     first = [producer.enqueue(p, width=256, height=256, seed=7) for p in ("a lighthouse at dusk", "a bowl of ramen")]
     for job_id in first:
         producer.wait(job_id, timeout=30)
 
-    browser.get(api.url + "/")
+    browser.get(api.url.replace("http://", "http://operator:console-t0ken@") + "/")  # Basic: any user, the token
     wait_until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#gallery figure")) == 2, timeout=20)
     assert "live" in browser.find_element(By.ID, "status").text
     rows = {r.get_attribute("data-queue") for r in browser.find_elements(By.CSS_SELECTOR, "#queues tbody tr")}

@@ -68,7 +68,7 @@ def _redis_down(exc: redis.exceptions.RedisError) -> Response:
 
 def urls(job_id: str) -> dict[str, str]:
     """The job's URLs under wherever the blueprint is mounted (one ``url_for``: ids need no quoting)."""
-    get = url_for(".get_job", job_id=job_id)
+    get = url_for(f"{bp.name}.get_job", job_id=job_id)  # by full name: the console's image route calls this too
     return {"get": get, "image": f"{get}/image", "cancel": f"{get}/cancel"}
 
 

@@ -135,7 +135,7 @@ def _entry(job: Job) -> dict[str, Any] | None:
         "cache_hit": bool(result.get("cache_hit")),
         "timings": result.get("timings") or {},
         "ended_at": job.ended_at.isoformat() if job.ended_at else None,
-        "image": url_for("zimg_queue.get_image", job_id=job.id),
+        "image": url_for("zimg_console.image", job_id=job.id),
     }
     if len(_results) >= RESULT_CACHE:
         _results.pop(next(iter(_results)))
@@ -169,6 +169,23 @@ def snapshot() -> dict[str, Any]:
 def page() -> str:
     """The console page (HTML); it subscribes to ``/console/events``."""
     return render_template("console.html", window_s=HISTORY * INTERVAL_S)
+
+
+@bp.errorhandler(redis.RedisError)
+def _redis_down(exc: redis.RedisError) -> Response:
+    from .api import _redis_down as api_answer  # the API's own 503
+
+    return api_answer(exc)
+
+
+@bp.get("/console/images/<job_id>")
+def image(job_id: str) -> Response:
+    """The gallery's images: the API's own image route, under this blueprint so that a browser
+    without a token is asked for a Basic login (the API's routes challenge for Bearer, which a
+    browser cannot answer, so an ``<img>`` there would stay broken)."""
+    from .api import get_image
+
+    return get_image(job_id)
 
 
 def _event() -> str:
