@@ -449,7 +449,11 @@ def upstream_document(server_url: str = "/") -> Json:
                         "409": {"description": "Cancelled (DELETE /v1/requests/<job id>) before it ran", **json_detail},
                         "413": {"description": "Body too large", **json_detail},
                         "415": {"description": "A Content-Encoding other than identity", **json_detail},
-                        "422": {"description": "Invalid input: detail lists each bad field", **json_detail},
+                        "422": {
+                            "description": "Invalid input: detail lists each bad field. Beyond the schema, the real "
+                            "model's backend also refuses a prompt over its 512 tokens (it would be cut silently)",
+                            **json_detail,
+                        },
                         "500": {"description": "CUDA out of memory or a generation failure", **json_detail},
                         "503": {
                             "description": "Busy (queue full) or unhealthy; see Retry-After",
