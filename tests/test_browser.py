@@ -95,3 +95,26 @@ def test_the_page_lists_field_errors(browser, example_server):
     browser.find_element(By.ID, "go").click()
     errors = WebDriverWait(browser, 30).until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#errors li")))
     assert errors.text.startswith("prompt:")
+
+
+def test_the_dashboard_acts_from_its_own_page_and_a_foreign_page_cannot(browser, web, producer):
+    """Real browser requests: same-site POSTs work; a page on another origin (localhost here) acts on nothing."""
+    server = web()
+    port = server.url.rsplit(":", 1)[1]
+    waiting = producer.enqueue("stays queued", width=64, height=64)
+    post = (
+        "return (async () => { const r = await fetch(arguments[0], "
+        "{method: 'POST', mode: arguments[1], headers: arguments[2]}); return r.status; })()"
+    )
+    browser.get(f"http://127.0.0.1:{port}/rq/")  # the dashboard's own origin
+    assert browser.execute_script(post, "/rq/queue/zimg-low/compact", "same-origin", {}) == 200
+    browser.get(f"http://localhost:{port}/healthz")  # another origin, as any foreign site would be
+    for url, headers in [
+        (f"http://127.0.0.1:{port}/rq/queue/zimg-normal/queued/empty", {}),
+        (f"http://127.0.0.1:{port}/v1/jobs", {"Content-Type": "text/plain"}),
+    ]:
+        assert browser.execute_script(post, url, "no-cors", headers) == 0  # sent, answer opaque to the page
+    assert producer.status(waiting)["status"] == "queued"  # not emptied
+    assert producer.connection.llen("rq:queue:zimg-normal") == 1  # and no job made by the text/plain post
+    log = server.output()
+    assert log.count('"status": 403') == 2, log[-2000:]  # both reached the server and were refused
