@@ -167,6 +167,9 @@ class ErrorBody(Answer):
     message: str
     errors: list[FieldError] | None = None
     retry_after: int | None = Field(default=None, description="429: seconds until the window resets")
+    id: str | None = Field(default=None, description="409 idempotency_conflict: the job the key already names")
+    urls: JobUrls | None = Field(default=None, description="409: that job's URLs")
+    status: Status | None = Field(default=None, description="404 not_ready: the job's status")
 
 
 class Check(Answer):
