@@ -205,3 +205,29 @@ def test_real_answers_of_a_real_job_match_the_document(stack, web_app, producer)
 @pytest.mark.parametrize("name", ["GenerateRequest", "JobOptions", "JobStatus", "JobResult", "ErrorBody"])
 def test_each_model_is_a_component(name):
     assert name in document()["components"]["schemas"]
+
+
+def test_error_answers_match_the_document(web_app):
+    """Each error a client can provoke on POST /v1/jobs is documented for it, with a body the ErrorBody schema takes.
+
+    The rate limit is set to 2 per minute here so a 429 comes quickly (the shipped 600/60 is tested in test_web_api).
+    """
+    client = web_app(ZIMG_RATE_LIMIT="2/60", ZIMG_MAX_BODY_BYTES="1000").test_client()
+    doc = client.get("/v1/openapi.json").json
+    documented_codes = doc["paths"]["/v1/jobs"]["post"]["responses"]
+    good = {"prompt": "a cat", "seed": 1, "idempotency_key": "k-1"}
+    answers = [
+        client.post("/v1/jobs", json=good),
+        client.post("/v1/jobs", json={**good, "seed": 2}),  # 409: the key names another body
+        client.post("/v1/jobs", data="prompt=a", content_type="application/x-www-form-urlencoded"),  # 415
+        client.post("/v1/jobs", data=b'{"prompt": "' + b"x" * 2000 + b'"}', content_type="application/json"),  # 413
+        client.post("/v1/jobs", json={"prompt": ""}),  # 400, or 429 once the window is spent
+        client.post("/v1/jobs", json={"prompt": "a dog"}),
+    ]
+    codes = [r.status_code for r in answers]
+    assert codes[0] == 202 and {409, 415, 413, 429} <= set(codes), codes
+    for resp in answers[1:]:
+        assert str(resp.status_code) in documented_codes, resp.status_code
+        conforms(doc, "ErrorBody", resp.json)
+        for header in documented_codes[str(resp.status_code)].get("headers", {}):
+            assert header in resp.headers, (resp.status_code, header)
