@@ -51,9 +51,11 @@ def test_access_log_has_route_status_and_id_but_never_the_token(web_app, access_
     client.get("/v1/jobs/nope?wait=0", headers={"Authorization": "Bearer s3cret-token", "X-Request-Id": "r1"})
     client.get("/v1/queues", headers={"Authorization": "Basic dTpzM2NyZXQtdG9rZW4="})  # u:s3cret-token
     client.get("/v1/queues", headers={"Authorization": "Bearer wrong-guess"})
+    client.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})  # a scrape's success: debug level
+    client.get("/healthz")  # 503 here (no inference server, no worker): a failing probe is logged
     lines = [line for line in access_log() if line["event"] == "http_request"]
     assert [(line["route"], line["status"]) for line in lines] == [
-        ("/v1/jobs/<job_id>", 404), ("/v1/queues", 200), ("/v1/queues", 401),
+        ("/v1/jobs/<job_id>", 404), ("/v1/queues", 200), ("/v1/queues", 401), ("/healthz", 503),
     ]  # fmt: skip
     assert lines[0]["request_id"] == "r1" and lines[0]["path"] == "/v1/jobs/nope" and lines[0]["process"] == "web"
     text = json.dumps(access_log())

@@ -5,7 +5,8 @@
   of the request carries it (structlog context), and ``POST /v1/jobs`` stores it in the
   job's meta, so the worker can send it on to the inference server: one id across every process.
 * **Access log.** One ``http_request`` event per answer: method, route, path, status,
-  duration, client address. Built from chosen fields, never from headers, so neither the
+  duration, client address (a successful ``/healthz`` or ``/metrics``, which probes call every
+  few seconds, at debug level). Built from chosen fields, never from headers, so neither the
   ``Authorization`` header nor a token can reach the log (the query string is left out too).
 * **Metrics.** :class:`zimg_queue.metrics.HttpRecorder` per answer (buffered, added to Redis
   every second), labelled by the URL rule (``/v1/jobs/<job_id>``), never the raw path, so the
@@ -33,6 +34,7 @@ UNMATCHED = "unmatched"  # the route label of a request no URL rule matched (a 4
 INSTALLED = "zimg_telemetry"
 RECORDER = "zimg_http_metrics"
 METRICS_ENDPOINT = "zimg_campaigns.metrics"  # GET /metrics
+PROBE_ENDPOINTS = {METRICS_ENDPOINT, "zimg_queue.healthz"}
 
 log = structlog.get_logger("zimg_queue.web.access")
 
@@ -73,7 +75,9 @@ def _finish(response: Response) -> Response:
     seconds = time.perf_counter() - started if started is not None else 0.0
     route = _route()
     current_app.extensions[RECORDER].observe(request.method, route, response.status_code, seconds)
-    log.info(
+    # A load balancer's probe and Prometheus' scrape come every few seconds: their successes at debug level.
+    quiet = request.endpoint in PROBE_ENDPOINTS and response.status_code < 400
+    (log.debug if quiet else log.info)(
         "http_request", method=request.method, route=route, path=request.path, status=response.status_code,
         duration_ms=round(seconds * 1000, 2), remote_addr=request.remote_addr, bytes=response.content_length,
     )  # fmt: skip
