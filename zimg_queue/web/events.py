@@ -15,8 +15,9 @@ Threads are the limit under gunicorn ``gthread``, so a stream never holds one fo
 * it ends after :data:`MAX_STREAM_S` seconds even if the job is not final; ``EventSource``
   reconnects by itself after the ``retry:`` delay, sending ``Last-Event-ID``, and the state
   it already has is not sent again;
-* at most :data:`MAX_STREAMS` streams run at once per process; a request past that gets
-  the current state and ``retry:`` at once, so that client polls instead of waiting;
+* at most :data:`MAX_STREAMS` streams run at once per process (under ``zimg web``, at most half
+  its threads); a request past that gets the current state and ``retry:`` at once, so that
+  client polls instead of waiting;
 * a reconnect for a job already final with the final state's id gets ``204 No Content``,
   which tells ``EventSource`` to stop reconnecting.
 
@@ -46,6 +47,16 @@ KEEPALIVE_S = 10.0
 RETRY_MS = 1000
 BUSY_RETRY_MS = 2000
 _slots = threading.BoundedSemaphore(MAX_STREAMS)
+
+
+def limit_streams(threads: int) -> None:
+    """Let streams take at most half of a process's ``threads`` (and never more than ``MAX_STREAMS``).
+
+    Called by ``zimg web`` before serving, which knows the thread count; an app mounted elsewhere keeps
+    ``MAX_STREAMS``.
+    """
+    global _slots
+    _slots = threading.BoundedSemaphore(max(1, min(MAX_STREAMS, threads // 2)))
 
 
 def event_id(status: dict[str, Any]) -> str:

@@ -76,7 +76,9 @@ def _gunicorn(host: str, port: int, processes: int, threads: int, settings: Sett
 
         def load(self) -> Flask:
             from .app import create_app
+            from .events import limit_streams
 
+            limit_streams(threads)  # server-sent event streams never take more than half the threads
             return create_app()
 
     Application().run()
@@ -88,6 +90,9 @@ def _waitress(host: str, port: int, threads: int, settings: Settings) -> None:
     from waitress.parser import HTTPRequestParser, ParsingError, TransferEncodingNotImplemented
 
     from .app import create_app
+    from .events import limit_streams
+
+    limit_streams(threads)
 
     class Parser(HTTPRequestParser):
         """An unsupported ``Transfer-Encoding`` is the client's mistake: 400, not waitress's 501."""
