@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -161,11 +160,6 @@ def bind(**values: Any) -> None:
 
 def unbind(*keys: str) -> None:
     structlog.contextvars.unbind_contextvars(*keys)
-
-
-def bound() -> MutableMapping[str, Any]:
-    """The values bound in this context (``bound().get("request_id")``)."""
-    return structlog.contextvars.get_contextvars()
 
 
 def gunicorn_logger_class() -> type:
