@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, WithJsonSchema
 
 from .options import JobOptions
 from .validation import JOB_ID_PATTERN, Checker
@@ -126,6 +126,10 @@ class Attempt(Answer):
     at: str = Field(description="UTC, ISO 8601")
 
 
+#: The request as stored with the job: a GenerateRequest (in the OpenAPI document's components).
+STORED_REQUEST = {"anyOf": [{"$ref": "#/components/schemas/GenerateRequest"}, {"type": "null"}]}
+
+
 class JobState(Answer):
     """A job as ``zimg_queue.status.job_status`` reads it: the webhook payload and the API's status minus URLs."""
 
@@ -136,7 +140,9 @@ class JobState(Answer):
     position: int | None = Field(
         description="While queued: how many queued jobs start before this one (higher-priority queues included)"
     )
-    request: dict[str, Any] | None = Field(description="The validated request (GenerateRequest), seed included")
+    request: Annotated[dict[str, Any] | None, WithJsonSchema(STORED_REQUEST)] = Field(
+        description="The validated request, seed included"
+    )
     result: JobResult | None = Field(description="Set once finished")
     error: str | None = Field(description="The last line of the failure (failed or stopped)")
     attempts: list[Attempt]
