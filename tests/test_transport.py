@@ -187,3 +187,42 @@ def test_bind_check_lets_loopback_a_token_or_an_explicit_yes_through():
     check_bind("0.0.0.0", token=None, allow_public=True, **common)
     with pytest.raises(PublicBindRefused):
         check_bind("0.0.0.0", token=None, allow_public=False, **common)
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP response (head and Content-Length body) from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head
+
+
+def test_stalled_requests_on_kept_alive_connections_do_not_starve_healthz(web):
+    """Changes ZIMG_WEB_KEEPALIVE to 5 (off as shipped, see the twin above): each connection's second request stalls."""
+    proc = web(ZIMG_WEB_KEEPALIVE="5")
+    host, port = proc.url.removeprefix("http://").split(":")
+    stalled = []
+    try:
+        for _ in range(12):
+            sock = socket.create_connection((host, int(port)), timeout=30)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert b"keep-alive" in _read_response(sock).lower()
+            sock.sendall(post("Content-Type: application/json\r\nContent-Length: 1000\r\n", b'{"prompt": "'))
+            stalled.append(sock)
+        time.sleep(0.5)
+        answered = 0
+        for _ in range(5):
+            try:
+                answered += requests.get(f"{proc.url}/healthz", timeout=5).status_code in (200, 503)
+            except requests.RequestException:
+                pass
+        assert answered == 5
+    finally:
+        for sock in stalled:
+            sock.close()

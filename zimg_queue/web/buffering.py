@@ -12,7 +12,8 @@ worker does the same inside gunicorn:
   framing announces, is incomplete, the connection goes back to gunicorn's poller (no
   thread held) until more bytes arrive;
 * a request must be complete within ``ZIMG_WEB_BODY_TIMEOUT`` seconds of its first byte,
-  else it is answered ``408`` and closed;
+  else it is answered ``408`` and closed; this holds for every request of a kept-alive
+  connection too (``ZIMG_WEB_KEEPALIVE``);
 * once complete (or the client closed its side, or the buffer passed the size limit,
   which the app answers with 413), the bytes are handed to gunicorn's own parser through
   its unreader, and the request is served exactly as before.
@@ -85,11 +86,11 @@ class BufferingThreadWorker(gthread.ThreadWorker):
     max_body: int = 64 * 1024
 
     def handle(self, conn: Any) -> Any:
-        if conn.initialized or self.cfg.is_ssl:
-            return super().handle(conn)
+        if self.cfg.is_ssl or conn.is_http2 or (conn.initialized and conn.parser.unreader.buf.getvalue()):
+            return super().handle(conn)  # TLS, HTTP/2, or a pipelined request already read ahead
         state = conn.__dict__.setdefault("zimg", {"buf": bytearray(), "deadline": None, "continued": False})
         buf: bytearray = state["buf"]
-        if not buf and not conn.data_ready:
+        if not buf and not conn.initialized and not conn.data_ready:
             # A fresh connection's request is usually a moment behind its accept: wait briefly here rather
             # than go round the poller (the stock worker waits up to 5 s; a silent client costs 0.1 s at most).
             conn.wait_for_data(FIRST_BYTES_WAIT_S)
@@ -123,15 +124,16 @@ class BufferingThreadWorker(gthread.ThreadWorker):
             conn.close()
             return False
         conn.sock.setblocking(True)
-        conn.init()
+        conn.init()  # a no-op for a kept-alive connection
         conn.parser.unreader.unread(data)
         conn.data_ready = True
+        del conn.__dict__["zimg"]  # the next request on a kept-alive connection gets its own deadline
         return super().handle(conn)
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         super().finish_request(conn, fs)
         state = conn.__dict__.get("zimg")
-        if state and not conn.initialized and conn in self.pending_conns:
+        if state and conn in self.pending_conns:
             # gunicorn gives a pending connection the keep-alive timeout (0 by default); a partial
             # request waits for its deadline instead (or the data timeout before its first byte).
             conn.timeout = state["deadline"] or time.monotonic() + gthread.DEFAULT_WORKER_DATA_TIMEOUT
