@@ -328,9 +328,10 @@ def wait_until_started(item: Pending, timeout: float = 10) -> None:
 
 
 def test_the_default_max_queue_is_four_batches_and_beyond_it_comes_queue_full(make_batcher) -> None:
-    batcher, backend, blocker = busy_batcher(make_batcher, max_batch=2, max_wait_s=0.0)
-    assert batcher.max_queue == 8
-    queued = [batcher.submit(req(seed=i)) for i in range(8)]
+    assert make_batcher(max_batch=1)[0].max_queue == 16  # never below the 16 workers zimg up runs with a model
+    batcher, backend, blocker = busy_batcher(make_batcher, max_batch=5, max_wait_s=0.0)
+    assert batcher.max_queue == 20
+    queued = [batcher.submit(req(seed=i)) for i in range(20)]
     with pytest.raises(QueueFull) as info:
         batcher.submit(req(seed=100))
     assert info.value.status == 503 and info.value.retry_after >= 1
