@@ -231,3 +231,11 @@ def test_error_answers_match_the_document(web_app):
         conforms(doc, "ErrorBody", resp.json)
         for header in documented_codes[str(resp.status_code)].get("headers", {}):
             assert header in resp.headers, (resp.status_code, header)
+
+
+def test_limits_no_keyword_can_state_are_said_in_words(web_app):
+    """Changes two settings (a pixel budget and a blocklist); the served default is checked in the other tests."""
+    doc = web_app(ZIMG_MAX_PIXELS="1048576", ZIMG_PROMPT_BLOCKLIST="gore").test_client().get("/v1/openapi.json").json
+    props = doc["components"]["schemas"]["JobRequest"]["properties"]
+    assert "at most 1048576" in props["width"]["description"] and "blocklist" in props["prompt"]["description"]
+    assert "gore" not in str(doc), "the blocklist itself is not published"

@@ -302,6 +302,18 @@ def _configured(schemas: Json, presets: Iterable[str] | None, watermarks: Iterab
             node["enum"] = sorted(watermarks)
 
 
+def _limits(schemas: Json, max_pixels: int | None, blocklist: bool) -> None:
+    """Say this server's limits that no JSON Schema keyword can state (a product of two fields, a word list)."""
+    props = schemas["GenerateRequest"]["properties"]  # JobRequest shares these property schemas
+    if max_pixels is not None:
+        for side in ("width", "height"):
+            props[side]["description"] = (
+                f"Pixels, a multiple of 64; on this server width x height is at most {max_pixels} (ZIMG_MAX_PIXELS)."
+            )
+    if blocklist:
+        props["prompt"]["description"] += " This server also refuses a prompt holding a word of its blocklist."
+
+
 def _served(operations: Mapping[tuple[str, str], Json], served: set[tuple[str, str]] | None) -> Json:
     paths: Json = {}
     for (path, method), operation in operations.items():
@@ -317,6 +329,8 @@ def document(
     dashboard: str | None = None,
     presets: Iterable[str] | None = None,
     watermarks: Iterable[str] | None = None,
+    max_pixels: int | None = None,
+    blocklist: bool = False,
 ) -> Json:
     """The whole document.
 
@@ -326,6 +340,7 @@ def document(
     """
     schemas = copy.deepcopy(_base_schemas())
     _configured(schemas, presets, watermarks)
+    _limits(schemas, max_pixels, blocklist)
     paths = _served(OPERATIONS, served)
     if dashboard:
         paths[dashboard] = {"get": DASHBOARD}
@@ -522,7 +537,10 @@ def configured_names(presets_path: str | None) -> tuple[list[str] | None, list[s
 
 
 def for_app(app: Flask, prefix: str = "", presets_path: str | None = None) -> Json:
-    """The document of what ``app`` serves under ``prefix``, with this server's configured names."""
+    """The document of what ``app`` serves under ``prefix``, with this server's configured names and limits."""
+    from .extension import get_state
+
+    settings = get_state(app).settings
     presets, watermarks = configured_names(presets_path)
     return document(
         prefix or "/",
@@ -530,4 +548,6 @@ def for_app(app: Flask, prefix: str = "", presets_path: str | None = None) -> Js
         dashboard=dashboard_path(app, prefix),
         presets=presets,
         watermarks=watermarks,
+        max_pixels=settings.max_pixels,
+        blocklist=bool(settings.prompt_blocklist),
     )
