@@ -190,6 +190,7 @@ def image(job_id: str) -> Response:
 
 def _event() -> str:
     try:
+        get_state().probe.ping()  # short timeouts, no retries: a Redis that is down is told at once
         return f"event: snapshot\ndata: {json.dumps(snapshot(), separators=(',', ':'))}\n\n"
     except redis.RedisError as exc:  # the page says so and the stream goes on; Redis may come back
         return f"event: unavailable\ndata: {json.dumps({'error': f'Redis: {type(exc).__name__}'})}\n\n"
