@@ -199,3 +199,9 @@ def test_a_request_can_be_copied_with_changes_and_stays_valid():
         dataclasses.replace(req, width=500)
     with pytest.raises(dataclasses.FrozenInstanceError):
         req.width = 64  # type: ignore[misc]
+
+
+def test_messages_never_echo_a_whole_oversized_value():
+    errors = errors_of({"prompt": "a", "width": 1e300, "output_format": "x" * 5000, "guidance_scale": "y" * 100})
+    assert all(len(message) < 200 for message in errors.values()), errors
+    assert errors["output_format"].endswith("...)")

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ConfigDict, Field, Strict
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from .validation import INTEGRAL, PROMPT_PATTERN, TEXT_PATTERN, Checker, ValidationError, integral, rule_error
+from .validation import INTEGRAL, PROMPT_PATTERN, TEXT_PATTERN, Checker, ValidationError, integral, rule_error, show
 
 __all__ = ["GenerateRequest", "UpstreamRequest", "ValidationError", "json_schema", "SCHEMA"]
 
@@ -43,7 +43,7 @@ FORMATS = ("png", "jpeg", "webp")
 DEFAULT_MAX_PIXELS = 2048 * 2048
 GUIDANCE_MESSAGE = (
     "must be 0.0: Z-Image-Turbo is distilled without classifier-free guidance "
-    "and gives black or empty images otherwise (got {value!r})"
+    "and gives black or empty images otherwise (got {value})"
 )
 
 
@@ -63,7 +63,7 @@ def _nullable(schema: dict[str, Any]) -> None:
 def _turbo_guidance(value: Any) -> float:
     if type(value) in (int, float) and value == 0:
         return 0.0
-    raise rule_error(GUIDANCE_MESSAGE.format(value=value))
+    raise rule_error(GUIDANCE_MESSAGE.format(value=show(value)))
 
 
 def _jpg_is_jpeg(value: Any) -> Any:

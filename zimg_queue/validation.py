@@ -77,13 +77,19 @@ def integral(value: Any) -> Any:
         return value
     if kind is float and value.is_integer():
         return int(value)
-    got = repr(value) if kind is float else _kind(value)
+    got = show(value) if kind is float else _kind(value)
     raise rule_error(f"must be an integer (got {got})")
 
 
 def rule_error(message: str) -> PydanticCustomError:
     """An error whose message is already the one a person reads (raised by our own validators)."""
     return PydanticCustomError("zimg_rule", message)
+
+
+def show(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error message never echoes a whole oversized input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _kind(value: Any) -> str:
@@ -140,10 +146,10 @@ def schema_at(schema: Mapping[str, Any], loc: tuple[Any, ...]) -> dict[str, Any]
 def _range(rule: Mapping[str, Any], value: Any) -> str:
     lo, hi = rule.get("minimum"), rule.get("maximum")
     if lo is not None and hi is not None:
-        return f"must be between {lo} and {hi} (got {value!r})"
+        return f"must be between {lo} and {hi} (got {show(value)})"
     if lo is not None:
-        return f"must be at least {lo} (got {value!r})"
-    return f"must be at most {hi} (got {value!r})"
+        return f"must be at least {lo} (got {show(value)})"
+    return f"must be at most {hi} (got {show(value)})"
 
 
 #: Messages that quote the published rule (bounds, allowed values): only these look it up.
@@ -186,14 +192,14 @@ def _message(err: Mapping[str, Any], rule: Mapping[str, Any]) -> str:
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         return _range(rule, value)
     if kind == "multiple_of":
-        return f"must be a multiple of {ctx.get('multiple_of')} (got {value!r})"
+        return f"must be a multiple of {ctx.get('multiple_of')} (got {show(value)})"
     if kind in ("float_type", "float_parsing", "int_type", "int_parsing"):
         return f"must be a number (got {_kind(value)})"
     if kind == "finite_number" or (isinstance(value, float) and not math.isfinite(value)):
-        return f"must be a finite number (got {value!r})"
+        return f"must be a finite number (got {show(value)})"
     if kind in ("enum", "literal_error"):
         allowed = rule.get("enum") or [ctx.get("expected")]
-        return f"must be one of {', '.join(map(str, allowed))} (got {value!r})"
+        return f"must be one of {', '.join(map(str, allowed))} (got {show(value)})"
     return str(err.get("msg", "is invalid"))
 
 
