@@ -8,7 +8,8 @@ event stream (``/console/events``); every couple of seconds the stream sends a s
 * GPU: each inference server's ``zimg_gpu_busy_ratio``, queue length and the mean batch
   size since the previous sample, read from its ``/metrics``, with a few minutes of history
   kept in Redis while someone watches (:class:`Sampler`);
-* gallery: the latest finished jobs with prompt, size, seed, timings and the image URL.
+* gallery: the latest finished jobs with prompt, size, seed, timings and the image URL
+  (``/console/images/<id>``: the API's image, behind a Basic challenge a browser can answer).
 
 Same auth as the API (the app-wide token check); a browser gets a Basic login prompt.
 A stream ends after ``STREAM_S`` and the browser reconnects by itself, so a forgotten tab
@@ -30,6 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from workers.inference_pool import split_urls
+
 from ..settings import PRIORITIES
 from .extension import WebState, get_state
 
@@ -44,10 +47,6 @@ RESULT_CACHE = 256  # finished jobs never change: their gallery entries are read
 MAX_STREAMS = 4  # per process: open consoles never take more than these threads from the API
 BUSY_RETRY_S = 5.0
 STREAMS = threading.BoundedSemaphore(MAX_STREAMS)
-
-
-def _servers(state: WebState) -> list[str]:
-    return [url.strip().rstrip("/") for url in state.settings.inference_url.split(",") if url.strip()]
 
 
 def _scrape(url: str, token: str | None) -> tuple[dict[str, float], str | None] | None:
@@ -95,7 +94,7 @@ class Sampler:
         token = state.settings.secret("inference_token")
         before = {s["url"]: s for s in (previous or {}).get("servers", []) if s.get("up")}
         servers: list[dict[str, Any]] = []
-        for url in _servers(state):
+        for url in split_urls(state.settings.inference_url):
             scraped = _scrape(url, token)
             if scraped is None:
                 servers.append({"url": url, "up": False})
