@@ -45,7 +45,7 @@ from zimg_queue.redis_server import free_port
 MAX_BODY = 65536  # the shipped ZIMG_MAX_BODY_BYTES
 DIFF = settings(
     derandomize=True,
-    max_examples=60,
+    max_examples=40,
     deadline=None,
     database=None,
     phases=[Phase.explicit, Phase.generate],  # a failure is reported as drawn: shrinking these bodies took minutes
@@ -401,7 +401,7 @@ def test_inference_server_edges_agree_with_its_published_schema(inference):
     assert any(verdicts) and not all(verdicts)
 
 
-@settings(DIFF, max_examples=40)
+@settings(DIFF, max_examples=30)
 @given(data=st.data())
 def test_inference_server_generated_bodies_agree_with_its_published_schema(inference, data):
     url, schema = inference
