@@ -35,6 +35,7 @@ INSTALLED = "zimg_telemetry"
 RECORDER = "zimg_http_metrics"
 METRICS_ENDPOINT = "zimg_campaigns.metrics"  # GET /metrics
 PROBE_ENDPOINTS = {METRICS_ENDPOINT, "zimg_queue.healthz"}
+METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 log = structlog.get_logger("zimg_queue.web.access")
 
@@ -74,7 +75,8 @@ def _finish(response: Response) -> Response:
     started = g.get("telemetry_started")
     seconds = time.perf_counter() - started if started is not None else 0.0
     route = _route()
-    current_app.extensions[RECORDER].observe(request.method, route, response.status_code, seconds)
+    method = request.method if request.method in METHODS else "other"  # any token is a method: keep labels bounded
+    current_app.extensions[RECORDER].observe(method, route, response.status_code, seconds)
     # A load balancer's probe and Prometheus' scrape come every few seconds: their successes at debug level.
     quiet = request.endpoint in PROBE_ENDPOINTS and response.status_code < 400
     (log.debug if quiet else log.info)(
