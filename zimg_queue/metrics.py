@@ -43,7 +43,6 @@ PREFIX = "zimg:metrics"
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 #: Web API answers: most take milliseconds, ``?wait=N`` holds one up to 60 s.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 REGISTRIES = {"started": "rq:wip:{}", "scheduled": "rq:scheduled:{}", "deferred": "rq:deferred:{}",
               "failed": "rq:failed:{}", "finished": "rq:finished:{}"}  # fmt: skip
 COUNTERS = ("enqueued", "finished", "failed", "images")
