@@ -12,6 +12,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 
 class PublicBindRefused(RuntimeError):
     """Raised instead of starting; ``str()`` is the one line to print (then exit with status 2, a usage error)."""
@@ -35,7 +39,10 @@ def is_loopback(host: str) -> bool:
 
 def check_bind(host: str, *, token: str | None, token_setting: str, allow_public: bool, server: str) -> None:
     """Raise :class:`PublicBindRefused` when ``host`` is beyond loopback, no token is set and it is not allowed."""
-    if token or allow_public or is_loopback(host):
+    if token or is_loopback(host):
+        return
+    if allow_public:
+        log.warning("public_bind_without_token", server=server, host=host or "*", allowed_by="ZIMG_ALLOW_PUBLIC_BIND")
         return
     raise PublicBindRefused(
         f"{server}: refusing to bind to {host or '*'} (beyond loopback) without a token: set {token_setting}, "
