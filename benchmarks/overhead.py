@@ -7,6 +7,10 @@ the same server from the same client process. The two kinds of call alternate,
 so drift on a noisy machine hits both alike. Every job has a distinct seed, so the
 worker's file cache never answers; a second, smaller series repeats an earlier
 request to show the cache-hit path.
+
+With ``http=True`` (issue 14 point 8) a third kind of call alternates with them: the
+HTTP surface a client sees, ``POST /v1/jobs`` then ``GET /v1/jobs/<id>?wait=30`` on
+``zimg web``.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ from typing import Any
 from .common import Bench, percentiles, row, session
 
 
-def run(n: int = 500, *, size: int = 256, cache_hits: int = 100, warmup: int = 20) -> dict[str, Any]:
+def run(
+    n: int = 500, *, size: int = 256, cache_hits: int = 100, warmup: int = 20, http_api: bool = True
+) -> dict[str, Any]:
     with Bench("overhead") as bench:
         bench.inference(latency_a=0, latency_b=0)
         bench.worker(1)
+        web = bench.web(env={"ZIMG_RATE_LIMIT": "0"}) if http_api else None
         producer = bench.producer()
         http = session()
         url = f"{bench.settings.inference_url}/v1/generate"
@@ -43,14 +50,29 @@ def run(n: int = 500, *, size: int = 256, cache_hits: int = 100, warmup: int = 2
                 raise RuntimeError(f"benchmark job ended {status['status']}: {status.get('error')}")
             return elapsed
 
+        def over_http(seed: int) -> float:
+            assert web is not None and web.url
+            t0 = time.perf_counter()
+            created = http.post(f"{web.url}/v1/jobs", json={**body, "seed": seed})
+            created.raise_for_status()
+            status = http.get(f"{web.url}/v1/jobs/{created.json()['id']}", params={"wait": 30}).json()
+            elapsed = time.perf_counter() - t0
+            if status["status"] != "finished":
+                raise RuntimeError(f"benchmark job ended {status['status']}: {status.get('error')}")
+            return elapsed
+
         for i in range(warmup):
             direct(base_seed + 10_000_000 + i)
             queued(base_seed + 10_000_000 + i)
+            if web is not None:
+                over_http(base_seed + 20_000_000 + i)
 
-        direct_s, queued_s = [], []
+        direct_s, queued_s, http_s = [], [], []
         for i in range(n):
             direct_s.append(direct(base_seed + i))
             queued_s.append(queued(base_seed + i))
+            if web is not None:
+                http_s.append(over_http(base_seed + 30_000_000 + i))
 
         hit_direct, hit_queued = [], []
         for i in range(min(cache_hits, n)):
@@ -78,6 +100,22 @@ def run(n: int = 500, *, size: int = 256, cache_hits: int = 100, warmup: int = 2
                 met=(extra[k] <= t) if t else None,
             )
         )
+    http_extra: dict[str, float] = {}
+    if http_s:
+        h = percentiles(http_s)
+        http_extra = {k: round(h[k] - d[k], 3) for k in ("p50", "p95", "p99")}
+        rows.append(
+            row(
+                f"queue overhead p50 through the HTTP API ({n} jobs: POST /v1/jobs, GET ?wait=)",
+                http_extra["p50"],
+                "ms",
+                f"{base} p50 {d['p50']:.2f} ms; via the API {h['p50']:.2f} ms",
+                d["p50"],
+                ratio_value=round(h["p50"] / d["p50"], 2) if d["p50"] else None,
+                target="<= 8 ms",
+                met=http_extra["p50"] <= 8.0,
+            )
+        )
     rows.append(
         row(
             f"queue overhead p50, file-cache hit ({len(hit_queued)} jobs)",
@@ -96,6 +134,7 @@ def run(n: int = 500, *, size: int = 256, cache_hits: int = 100, warmup: int = 2
             "direct_ms": d,
             "queued_ms": q,
             "extra_ms": extra,
+            "http_api": {"queued_ms": percentiles(http_s), "extra_ms": http_extra} if http_s else None,
             "cache_hit": {"jobs": len(hit_queued), "direct_ms": hd, "queued_ms": hq, "extra_ms": hit_extra},
         },
     }

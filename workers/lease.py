@@ -139,51 +139,76 @@ def abandon(queue: Queue, job_id: str) -> None:
 
 
 class _Every(threading.Thread):
-    """A daemon thread calling ``tick`` every ``interval`` seconds until stopped; a failing tick is logged."""
+    """A daemon thread calling ``tick`` every ``interval`` seconds until stopped; a failing tick is logged.
+
+    :meth:`stop` returns once no tick is running (it waits for one in progress, never for the thread
+    to wake up and exit: that join cost about 1.5 ms per job under load).
+    """
 
     def __init__(self, name: str, interval: float, tick: Callable[[], Any]):
         super().__init__(name=name, daemon=True)
         self.interval, self.tick, self.stopped = interval, tick, threading.Event()
+        self.ticking = threading.Lock()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
-            try:
-                self.tick()
-            except Exception:  # Redis briefly down: try again next tick, never kill the worker
-                log.warning("%s tick failed", self.name, exc_info=True)
+            with self.ticking:
+                if self.stopped.is_set():
+                    return
+                try:
+                    self.tick()
+                except Exception:  # Redis briefly down: try again next tick, never kill the worker
+                    log.warning("%s tick failed", self.name, exc_info=True)
 
     def stop(self) -> None:
         self.stopped.set()
         if self is not threading.current_thread():
-            self.join(timeout=5)
+            with self.ticking:  # a tick in progress finishes first; none starts after this
+                pass
 
 
 class Lease:
-    """Renews a running job's lease (via RQ's ``maintain_heartbeats``) from a side thread.
+    """Renews the running job's lease (via RQ's ``maintain_heartbeats``) from one side thread per worker.
 
     A ``SimpleWorker`` runs the job in its main thread, so nothing else would
     heartbeat while the job waits on the inference server. Renewal stops after
     the job's own timeout plus one lease, so even a hung job cannot stay
-    ``started`` forever.
+    ``started`` forever. One long-lived thread, told which job to renew, instead
+    of one per job: starting a thread costs about a millisecond on a busy box.
     """
 
-    def __init__(self, worker: Any, job: Job, ttl: int):
-        self.worker, self.job = worker, job
-        self.deadline = time.monotonic() + (job.timeout or 0) + ttl if (job.timeout or 0) > 0 else float("inf")
-        self.thread = _Every(f"lease-{job.id}", renew_interval(ttl), self.renew)
+    def __init__(self, worker: Any, ttl: int):
+        self.worker, self.ttl = worker, ttl
+        self.job: Job | None = None
+        self.deadline = float("inf")
+        self.thread = _Every("lease", renew_interval(ttl), self.renew)
 
     def renew(self) -> None:
+        job = self.job
+        if job is None:
+            return
         if time.monotonic() > self.deadline:
-            log.error("job %s ran past its timeout: letting its lease run out", self.job.id)
-            self.thread.stop()
+            log.error("job %s ran past its timeout: letting its lease run out", job.id)
+            self.job = None
         elif self.worker.execution is not None:
-            self.worker.maintain_heartbeats(self.job)
+            self.worker.maintain_heartbeats(job)
 
-    def __enter__(self) -> Lease:
-        self.thread.start()
+    def hold(self, job: Job) -> Lease:
+        """Start renewing ``job``'s lease."""
+        timeout = job.timeout or 0
+        with self.thread.ticking:
+            self.job = job
+            self.deadline = time.monotonic() + timeout + self.ttl if timeout > 0 else float("inf")
+        if not self.thread.is_alive():
+            self.thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def release(self) -> None:
+        """Stop renewing; returns once no renewal is in progress."""
+        with self.thread.ticking:
+            self.job = None
+
+    def stop(self) -> None:
         self.thread.stop()
 
 

@@ -87,6 +87,7 @@ class ZimgWorker(SimpleWorker):
         ImageStore(settings.images_path).remove_orphans()
         self.push_exc_handler(record_worker_death)  # RQ's own maintenance cleanup records deaths too
         self.reaper = Reaper(self.connection, self.queue_names(), self.lease_ttl)
+        self.lease = Lease(self, self.lease_ttl)
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         """Every started-registry write RQ makes uses the short lease, not ``job_timeout + 60``."""
@@ -142,11 +143,11 @@ class ZimgWorker(SimpleWorker):
         STOP.clear()
         self.prepare_execution(job)
         attempt = len(job.meta.get("attempts", [])) + 1  # this execution's number, whatever it records
-        self._lease = Lease(self, job, self.lease_ttl).__enter__()
+        self.lease.hold(job)
         try:
             self.perform_job(job, queue)
         finally:
-            self._lease.__exit__()
+            self.lease.release()
         try:  # still BUSY: a SIGTERM now is a warm shutdown after this, not an exception in here
             log_job_end(job, queue, attempt, log_prompts=self.settings.log_prompts)
         except Exception:  # a log line must never cost a job
@@ -155,9 +156,7 @@ class ZimgWorker(SimpleWorker):
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         """The job function returned: stop renewing before RQ writes the result and drops the lease."""
-        lease = getattr(self, "_lease", None)
-        if lease is not None:
-            lease.__exit__()
+        self.lease.release()
         super().handle_execution_ended(job, queue, heartbeat_ttl)
 
     def unsubscribe(self) -> None:
@@ -168,6 +167,7 @@ class ZimgWorker(SimpleWorker):
 
     def teardown(self) -> None:
         self.reaper.stop()
+        self.lease.stop()
         super().teardown()
 
     def kill_horse(self, sig: signal.Signals = signal.SIGTERM) -> None:
