@@ -1,0 +1,65 @@
+"""The lease sweeper on its own (:mod:`workers.lease`): what it does to a job whose lease ran out.
+
+The kill tests with real processes are in test_faults.py; these check the sweep's decisions
+directly, on jobs made by the real producer (shipped defaults: 3 retries at 1, 4, 16 s).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from rq.job import JobStatus
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+from rq.utils import now
+
+from workers.lease import sweep
+from zimg_queue.queue import Producer
+from zimg_queue.status import job_status
+
+
+def _start_and_abandon(producer: Producer, redis_conn, job_id: str) -> None:
+    """What a worker leaves behind when it is SIGKILLed mid-job: ``started``, a lease that has run out."""
+    queue = producer.queue()
+    redis_conn.lrem(queue.key, 1, job_id)
+    job = producer.fetch(job_id)
+    job.set_status(JobStatus.STARTED)
+    registry = StartedJobRegistry(queue.name, connection=redis_conn, serializer=JSONSerializer)
+    redis_conn.zadd(registry.key, {f"{job_id}:exec-1": time.time() - 1})
+
+
+def test_an_expired_lease_puts_the_job_back_at_the_front_not_through_the_scheduler(producer: Producer, redis_conn):
+    waiting = producer.enqueue("already waiting", width=64, height=64)
+    victim = producer.enqueue("its worker died", width=64, height=64, seed=2)
+    _start_and_abandon(producer, redis_conn, victim)
+    assert sweep(redis_conn, producer.settings.queue_names) == 1
+    job = producer.fetch(victim)
+    assert job.get_status() == JobStatus.QUEUED  # not SCHEDULED: no wait on RQ's scheduler (issue 12)
+    assert producer.queue().job_ids == [victim, waiting]  # it had its turn already: front of the queue
+    assert job.retries_left == producer.settings.max_retries - 1
+    status = job_status(job)
+    assert status["progress"]["stage"] == "waiting_to_run_again" and status["progress"]["reason"] == "WorkerDied"
+    assert status["attempts"][0]["error"].startswith("WorkerDied: the worker running this job died")
+    assert sweep(redis_conn, producer.settings.queue_names) == 0  # claimed once, whoever sweeps next
+
+
+def test_with_no_attempts_left_the_job_fails_saying_the_worker_died(redis_conn, settings):
+    producer = Producer(redis_conn, settings.with_(max_retries=0))  # changed setting: no attempts left
+    victim = producer.enqueue("its worker died", width=64, height=64)
+    _start_and_abandon(producer, redis_conn, victim)
+    sweep(redis_conn, settings.queue_names)
+    status = producer.status(victim)
+    assert status["status"] == "failed" and status["error"].startswith("WorkerDied:")
+    assert "no attempts left" in status["error"]
+
+
+def test_a_started_job_whose_worker_went_silent_says_so(producer: Producer, redis_conn):
+    job_id = producer.enqueue("running", width=64, height=64)
+    job = producer.fetch(job_id)
+    job.set_status(JobStatus.STARTED)
+    job.heartbeat(now() - timedelta(seconds=60), 15)  # its worker's last sign of life, a minute ago
+    status = producer.status(job_id)
+    assert status["status"] == "started" and status["progress"]["stage"] == "worker_died", status
+    job.heartbeat(now(), 15)
+    assert producer.status(job_id)["progress"]["stage"] != "worker_died"
