@@ -25,6 +25,7 @@ import signal
 from collections.abc import Iterable
 from typing import Any
 
+import redis
 import structlog
 from rq import Queue, Retry, SimpleWorker
 from rq.executions import Execution
@@ -118,10 +119,13 @@ class ZimgWorker(SimpleWorker):
     def await_inference(self) -> None:
         """Take no job while the shared breaker says the inference server is down (see :mod:`workers.outage`)."""
         breaker = context().breaker(self.connection)
-        if breaker.state() is None:
-            return
-        self.procline("Waiting for the inference server")
-        turn = breaker.wait_turn(heartbeat=self.heartbeat)
+        try:
+            if breaker.state() is None:
+                return
+            self.procline("Waiting for the inference server")
+            turn = breaker.wait_turn(heartbeat=self.heartbeat)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return  # Redis is away: RQ's own dequeue loop waits for it (and says so) without quitting
         log.info("worker %s: inference server breaker says %s", self.name, turn)
 
     def handle_job_retry(
