@@ -63,3 +63,18 @@ def test_a_started_job_whose_worker_went_silent_says_so(producer: Producer, redi
     assert status["status"] == "started" and status["progress"]["stage"] == "worker_died", status
     job.heartbeat(now(), 15)
     assert producer.status(job_id)["progress"]["stage"] != "worker_died"
+
+
+def test_a_retry_overdue_because_its_scheduler_died_is_queued_by_the_sweep(producer: Producer, redis_conn):
+    """A killed scheduler keeps RQ's scheduler lock 61 s: retries due meanwhile must not wait for it."""
+    from datetime import datetime, timezone
+
+    queue = producer.queue()
+    late = producer.fetch(producer.enqueue("retry due 10 s ago", width=64, height=64, seed=1))
+    due = producer.fetch(producer.enqueue("retry due now", width=64, height=64, seed=2))
+    for job, ago in ((late, 10), (due, 0)):
+        redis_conn.lrem(queue.key, 1, job.id)
+        queue.schedule_job(job, datetime.fromtimestamp(time.time() - ago, timezone.utc))
+    assert sweep(redis_conn, producer.settings.queue_names) == 1
+    assert queue.job_ids == [late.id] and late.get_status() == JobStatus.QUEUED
+    assert due.get_status() == JobStatus.SCHEDULED  # a live scheduler has a few seconds to take it first

@@ -24,6 +24,10 @@ pass (every 10 minutes) moves it on, so a SIGKILLed worker's job can sit in
 
 Worst case from a kill to the job being queued again: ``lease_ttl`` plus one sweep
 (about 17 s with the default 15 s lease).
+
+The same sweep is a backstop for RQ's scheduler: a job due for a ``Retry`` more than
+:data:`OVERDUE_S` ago (a live scheduler moves it within about a second) is queued by the
+sweeper, so a killed scheduler's lock does not hold other jobs' retries for a minute either.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import redis
 from rq import Queue
 from rq.exceptions import AbandonedJobError, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.registry import StartedJobRegistry
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import current_timestamp
@@ -54,6 +58,8 @@ REAPER_LOCK = "zimg:reaper:lock:{}"
 WORKER_DIED = "WorkerDied"
 #: How often the started registries are swept (any worker, one at a time).
 SWEEP_S = 2.0
+#: A scheduled job this late has no live scheduler: the sweeper queues it.
+OVERDUE_S = 5
 
 
 def renew_interval(lease_ttl: float) -> float:
@@ -100,7 +106,28 @@ def sweep(connection: redis.Redis, queue_names: Iterable[str]) -> int:
                 abandon(queue, job_id)
             except Exception:  # one bad job must not stop the sweep (nor kill the reaper thread)
                 log.exception("could not re-queue abandoned job %s", job_id)
+        found += enqueue_overdue(queue)
     return found
+
+
+def enqueue_overdue(queue: Queue) -> int:
+    """Queue the scheduled jobs (``Retry`` intervals) overdue by :data:`OVERDUE_S`: their scheduler is dead.
+
+    Each is claimed with ``ZREM`` first, so two sweepers never queue one job twice.
+    """
+    registry = ScheduledJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer)
+    moved = 0
+    for job_id in registry.get_jobs_to_schedule(current_timestamp() - OVERDUE_S):
+        if not queue.connection.zrem(registry.key, job_id):
+            continue
+        try:
+            job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue
+        log.warning("scheduled job %s in %s is overdue (no live scheduler): queued by the sweeper", job_id, queue.name)
+        queue._enqueue_job(job, at_front=job.should_enqueue_at_front())
+        moved += 1
+    return moved
 
 
 def abandon(queue: Queue, job_id: str) -> None:
