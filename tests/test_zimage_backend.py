@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,27 @@ def test_an_unrecoverable_cuda_error_becomes_device_failure(zimage_backend, monk
 # --- issue 14: speed options, correct on CPU ------------------------------------------------------------------
 
 
+class Held:
+    """A backend wrapper whose 128-wide calls wait for ``release``: what is submitted meanwhile queues together."""
+
+    def __init__(self, inner: ZImageBackend) -> None:
+        self.inner, self.name, self.release = inner, inner.name, threading.Event()
+
+    def admit(self, request):
+        return self.inner.admit(request)
+
+    def generate(self, batch, progress=None):
+        if batch[0].width == 128:
+            self.release.wait(30)
+        return self.inner.generate(batch, progress)
+
+    def health(self):
+        return self.inner.health()
+
+    def close(self) -> None:
+        pass
+
+
 @pytest.fixture
 def flash_backend(tiny_model: Path):
     """``--attention _native_flash``: torch's flash SDPA kernel, which runs on CPU too and refuses masks."""
@@ -222,10 +244,13 @@ def test_flash_attention_refuses_a_mixed_batch_so_the_batcher_groups_by_caption_
         flash_backend.generate(batch)  # the hazard: a mask, which flash kernels refuse
     assert len({flash_backend.admit(r) for r in batch}) == 3  # "a cat" and "城市夜景" share a bucket
     assert zimage_backend.admit(batch[0]) is None  # SDPA takes masks: no grouping needed
-    batcher = Batcher(flash_backend, max_batch=8, max_wait_s=0.5)
+    held = Held(flash_backend)
+    batcher = Batcher(held, max_batch=8, max_wait_s=0.0)  # type: ignore[arg-type]
     try:
+        hold = batcher.submit(req(width=128))  # holds the GPU until the others have queued
         tickets = [batcher.submit(r) for r in batch + [req(seed=9, prompt="a cow")]]
-        images = [t.future.result(timeout=60) for t in tickets]
+        held.release.set()
+        images = [t.future.result(timeout=60) for t in [hold, *tickets]][1:]
     finally:
         batcher.close()
     assert batcher.stats["failed_calls"] == 0
