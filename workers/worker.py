@@ -33,6 +33,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
+from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
@@ -161,7 +162,7 @@ class ZimgWorker(SimpleWorker):
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         """The job function returned: stop renewing before RQ writes the result and drops the lease."""
         self.lease.release()
-        super().handle_execution_ended(job, queue, heartbeat_ttl)
+        job.ended_at = now()  # RQ's, less its final heartbeat write: one round trip before the result, for nothing
 
     def unsubscribe(self) -> None:
         """RQ's, with a bounded wait: its pubsub thread blocks up to 60 s per read, and RQ joins it with no
