@@ -308,7 +308,8 @@ def test_stalled_uploads_do_not_starve_healthz(procs):
 
 def test_queue_and_pixel_budget_flags_reach_the_batcher(procs):
     """``--max-queue`` and ``--max-batch-pixels`` (and the defaults when they are absent)."""
-    server = procs.inference(latency_a="0", latency_b="0", extra_args=["--max-queue", "5", "--max-batch-pixels", "8192"])
+    flags = ["--max-queue", "5", "--max-batch-pixels", "8192"]
+    server = procs.inference(latency_a="0", latency_b="0", extra_args=flags)
     stats = requests.get(f"{server.url}/healthz", timeout=5).json()["batcher"]
     assert (stats["max_queue"], stats["max_batch_pixels"], stats["max_wait_ms"]) == (5, 8192, 0)
     default = procs.inference(free_port(), latency_a="0", latency_b="0")
