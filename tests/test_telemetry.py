@@ -123,6 +123,7 @@ def test_one_request_id_follows_a_job_through_every_process(procs, web):
     assert batches[0]["event"] == "batch_started" and batches[0]["batch_id"] and batches[0]["process"] == "inference"
     ended = wait_until(lambda: [x for x in json_lines(worker) if x.get("job_id") == job_id])
     assert ended[-1]["event"] == "job_finished" and ended[-1]["process"] == "worker"
+    assert ended[-1]["request_id"] == rid  # the same id in all three processes' logs
     for proc in (api, inference, worker):
         assert "a tracer bullet" not in proc.output()  # no prompt in any log by default
 

@@ -187,6 +187,7 @@ def log_job_end(job: Job, queue: Queue, attempt: int, *, log_prompts: bool = Fal
     result: dict[str, Any] = job._result if status == JobStatus.FINISHED.value and isinstance(job._result, dict) else {}
     fields: dict[str, Any] = {
         "job_id": job.id,
+        "request_id": job.meta.get("request_id") or job.id,  # what the inference server logged it under
         "queue": queue.name,
         "status": status,
         "attempt": attempt,
