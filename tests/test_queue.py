@@ -53,8 +53,13 @@ def test_a_drawn_seed_is_stored_with_the_job(producer: Producer):
 
 
 def test_same_job_id_is_never_enqueued_twice(producer: Producer):
+    """The same id and request returns the existing job; the same id for another request is a conflict (issue 13)."""
+    from zimg_queue.idempotency import IdempotencyConflict
+
     assert producer.enqueue("a cat", job_id="order-42") == "order-42"
-    assert producer.enqueue("a different prompt", job_id="order-42") == "order-42"
+    assert producer.enqueue("a cat", job_id="order-42") == "order-42"
+    with pytest.raises(IdempotencyConflict, match="order-42"):
+        producer.enqueue("a different prompt", job_id="order-42")
     assert queued_ids(producer) == ["order-42"]
     assert producer.fetch("order-42").args[0]["prompt"] == "a cat"
 
