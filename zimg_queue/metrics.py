@@ -18,8 +18,9 @@ host and cleanup of dead pids, neither of which holds for workers spread over ho
 The inference server is one process, so its metrics are ordinary in-process ones
 (``workers.inference.metrics``), served at its own ``GET /metrics``.
 
-Every HELP text starts with who measured the number ("Measured by the worker", "by the
-inference server", "by the web API"): the same call looks different from each side.
+Every HELP text here starts with who measured the number ("Measured by the worker",
+"Measured by the web API", "Read from Redis"; the inference server's say "measured by the
+inference server"): the same call looks different from each side.
 """
 
 from __future__ import annotations
