@@ -379,9 +379,10 @@ def _kill_busy_child(conn, pool) -> int:
     """SIGKILL one of ``pool``'s worker processes while RQ says it is running a job; returns its pid."""
 
     def busy_child() -> int | None:
+        alive = set(_children(pool.pid))  # a worker killed earlier leaves its hash, still "busy", until it expires
         for key in conn.scan_iter("rq:worker:*"):
             pid, state = conn.hmget(key, "pid", "state")
-            if pid and int(pid) != pool.pid and state == b"busy":
+            if pid and int(pid) in alive and state == b"busy":
                 return int(pid)
         return None
 
