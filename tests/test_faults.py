@@ -23,6 +23,7 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from workers.outage import outage_key
 from zimg_queue.connection import connect
 from zimg_queue.queue import Producer
 from zimg_queue.redis_server import EmbeddedRedis, free_port
@@ -200,14 +201,14 @@ def test_inference_server_killed_mid_batch_and_restarted_every_job_finishes(proc
     wait_until(lambda: sum(_in_flight(producer, i) for i in ids) >= 3, timeout=30)
     server.kill()
     waiting = wait_until(lambda: [i for i in ids if _stage(producer.fetch(i)) == "waiting_for_inference_server"])
-    assert redis_conn.exists("zimg:inference:outage")  # the workers' shared breaker is open
+    assert redis_conn.exists(outage_key(producer.settings.inference_url))  # the workers' shared breaker is open
     procs.inference(latency_a="0.2", latency_b="0")  # same port
     statuses = [producer.wait(i, timeout=60) for i in ids]
     print(f"\ninference server killed: {len(waiting)} of 6 jobs said they were waiting for it; all finished")
     assert [s["status"] for s in statuses] == ["finished"] * 6, statuses
     assert all(s["attempts"] == [] for s in statuses), [s["attempts"] for s in statuses]  # no retry spent
     assert len(_files(procs.settings)) == 6 and not _partials(procs.settings)
-    assert not redis_conn.exists("zimg:inference:outage")
+    assert not redis_conn.exists(outage_key(producer.settings.inference_url))
 
 
 def test_5xx_is_retried_with_exponential_backoff_and_jitter(procs: Processes, producer, settings):

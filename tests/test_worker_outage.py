@@ -11,7 +11,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from workers.errors import InferenceDown
-from workers.outage import KEY, TRIAL_KEY, Breaker
+from workers.outage import Breaker, outage_key
 from zimg_queue.queue import Producer
 from zimg_queue.settings import Settings
 
@@ -32,10 +32,11 @@ def _bounces(*workers) -> int:
 
 def test_a_30_s_outage_with_200_queued_jobs_fails_none(procs: Processes, producer: Producer, redis_conn):
     """Shipped defaults (budget 600 s, retries 1/4/16 s, which an outage used to exhaust in 21 s)."""
+    key = outage_key(producer.settings.inference_url)
     workers = [procs.worker(), procs.worker()]
     ids = producer.enqueue_many([{"prompt": f"backlog {i}", "width": 64, "height": 64} for i in range(BACKLOG)])
     started = time.monotonic()
-    wait_until(lambda: redis_conn.exists(KEY), timeout=30)  # a worker noticed, for everyone
+    wait_until(lambda: redis_conn.exists(key), timeout=30)  # a worker noticed, for everyone
     waiting = wait_until(
         lambda: [i for i in ids[:5] if producer.status(i)["progress"].get("stage") == "waiting_for_inference_server"]
     )
@@ -61,7 +62,7 @@ def test_a_30_s_outage_with_200_queued_jobs_fails_none(procs: Processes, produce
     assert all(s["attempts"] == [] for s in statuses), "an outage must not spend a job's retries"
     # No herd: during the outage the workers tried the server a few times in all, not once per job.
     assert 1 <= during < BACKLOG // 4
-    assert not redis_conn.exists(KEY)
+    assert not redis_conn.exists(key)
 
 
 def test_past_the_outage_budget_jobs_fail_saying_how_long_it_was_down(procs: Processes, producer: Producer):
@@ -81,15 +82,18 @@ def test_past_the_outage_budget_jobs_fail_saying_how_long_it_was_down(procs: Pro
 
 
 def test_the_breaker_is_shared_one_trial_at_a_time_and_closed_by_a_success(redis_conn, settings: Settings):
-    a, b = Breaker(redis_conn, settings.outage_budget), Breaker(redis_conn, settings.outage_budget)
+    url = settings.inference_url
+    a, b = Breaker(redis_conn, settings.outage_budget, url), Breaker(redis_conn, settings.outage_budget, url)
+    other = Breaker(redis_conn, settings.outage_budget, "http://10.0.0.9:7860")  # another server's workers
     assert a.state() is None and a.wait_turn() == "closed"
     first = a.trip(InferenceDown("could not be reached", retry_after=None))
     again = b.trip(InferenceDown("could not be reached", retry_after=1.5))
     assert again.down_since == first.down_since  # the outage began at the first trip
     assert again.probe_at >= time.time() + 1.0  # the server's Retry-After is honoured
-    redis_conn.hset(KEY, "probe_at", time.time())  # the pause is over
+    assert other.state() is None  # they are not held back by this outage
+    redis_conn.hset(a.key, "probe_at", time.time())  # the pause is over
     assert a.wait_turn() == "trial"
-    assert redis_conn.exists(TRIAL_KEY) and not redis_conn.set(TRIAL_KEY, "x", nx=True)  # b would wait
+    assert redis_conn.exists(a.trial_key) and not redis_conn.set(b.trial_key, "x", nx=True)  # b would wait
     a.close()
     assert b.state() is None and b.wait_turn() == "closed"
     over = Breaker(redis_conn, 0.0)

@@ -55,7 +55,7 @@ class Context:
     def breaker(self, connection: redis.Redis) -> Breaker:
         """The process's one breaker: the worker (waiting) and its jobs (tripping, closing) share its state."""
         if self.outage is None:
-            self.outage = Breaker(connection, self.settings.outage_budget)
+            self.outage = Breaker(connection, self.settings.outage_budget, self.settings.inference_url)
         return self.outage
 
 

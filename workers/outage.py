@@ -6,8 +6,8 @@ model load (often longer than 21 s) used to fail the whole backlog. An outage is
 not the job's fault, so it must not cost the job anything:
 
 * A job whose call finds the server unreachable or answering 503
-  (:class:`workers.errors.InferenceDown`) *trips* the breaker: one Redis hash,
-  ``zimg:inference:outage``, holding when the outage began (``down_since``, kept by
+  (:class:`workers.errors.InferenceDown`) *trips* the breaker: one Redis hash per inference
+  URL, ``zimg:inference:outage:<url>``, holding when the outage began (``down_since``, kept by
   the first worker to notice) and when the server may next be tried (``probe_at``).
   The job goes back to the *front* of its queue untouched (no attempt recorded, no
   retry spent), its progress saying it waits for the inference server.
@@ -45,8 +45,14 @@ from rq import Retry
 
 log = structlog.get_logger(__name__)
 
-KEY = "zimg:inference:outage"
-TRIAL_KEY = "zimg:inference:outage:trial"
+KEY_PREFIX = "zimg:inference:outage"
+
+
+def outage_key(inference_url: str) -> str:
+    """The breaker's hash for the workers of one inference server (or one comma list of them)."""
+    return f"{KEY_PREFIX}:{inference_url}"
+
+
 #: The breaker forgets an outage nobody has tried the server for during this long.
 FORGET_S = 60
 MIN_PAUSE_S = 0.5
@@ -90,13 +96,15 @@ def pause_for(down_for: float, retry_after: float | None = None) -> float:
 class Breaker:
     """The shared breaker (see the module docstring). Cheap to build; one per worker process."""
 
-    def __init__(self, connection: redis.Redis, budget: float):
+    def __init__(self, connection: redis.Redis, budget: float, inference_url: str = ""):
         self.connection, self.budget = connection, budget
+        self.key = outage_key(inference_url)
+        self.trial_key = f"{self.key}:trial"
         #: This process saw the breaker open and has not seen a success since: a success must close it.
         self.maybe_open = False
 
     def state(self) -> Outage | None:
-        raw = {_text(k): _text(v) for k, v in self.connection.hgetall(KEY).items()}  # type: ignore[union-attr]
+        raw = {_text(k): _text(v) for k, v in self.connection.hgetall(self.key).items()}  # type: ignore[union-attr]
         if "down_since" not in raw:
             return None
         return Outage(float(raw["down_since"]), float(raw.get("probe_at") or 0), raw.get("reason", ""))
@@ -106,16 +114,16 @@ class Breaker:
         now = time.time()
         retry_after = getattr(exc, "retry_after", None)
         with self.connection.pipeline() as pipe:
-            pipe.hsetnx(KEY, "down_since", now)
-            pipe.hset(KEY, "reason", str(exc)[:300])
-            pipe.hget(KEY, "down_since")
+            pipe.hsetnx(self.key, "down_since", now)
+            pipe.hset(self.key, "reason", str(exc)[:300])
+            pipe.hget(self.key, "down_since")
             _, _, since = pipe.execute()
         down_since = float(since or now)
         probe_at = now + pause_for(now - down_since, retry_after)
         with self.connection.pipeline() as pipe:
-            pipe.hset(KEY, "probe_at", probe_at)
-            pipe.expire(KEY, FORGET_S)
-            pipe.delete(TRIAL_KEY)  # this trial is over
+            pipe.hset(self.key, "probe_at", probe_at)
+            pipe.expire(self.key, FORGET_S)
+            pipe.delete(self.trial_key)  # this trial is over
             pipe.execute()
         if not self.maybe_open:
             log.warning("inference_down", down_since=down_since, reason=str(exc)[:300])
@@ -125,7 +133,7 @@ class Breaker:
     def close(self) -> None:
         """A call succeeded: the outage (if any) is over."""
         if self.maybe_open:
-            self.connection.delete(KEY, TRIAL_KEY)
+            self.connection.delete(self.key, self.trial_key)
             self.maybe_open = False
             log.info("inference_back")
 
@@ -143,7 +151,7 @@ class Breaker:
             now = time.time()
             if now >= outage.probe_at:
                 trial_ms = int(max(MAX_PAUSE_S * 2, 1.0) * 1000)  # a trial that hangs frees the slot again
-                if self.connection.set(TRIAL_KEY, "1", nx=True, px=trial_ms):
+                if self.connection.set(self.trial_key, "1", nx=True, px=trial_ms):
                     return "trial"
             if heartbeat is not None and time.monotonic() - last_beat >= heartbeat_every:
                 heartbeat()
