@@ -11,7 +11,7 @@ import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import redis
 from rq import Callback, Queue, Retry
@@ -46,8 +46,8 @@ def check_job_id(job_id: str, field: str = "job_id") -> str:
 
 def jittered(intervals: Iterable[float], rng: random.Random | None = None) -> list[float]:
     """Exponential retry intervals with +-25 % jitter, so retrying jobs do not stampede a recovering server."""
-    rng = rng or random
-    return [round(i * rng.uniform(0.75, 1.25), 2) for i in intervals]
+    source = cast(random.Random, rng or random)  # the module's functions are a shared Random's methods
+    return [round(i * source.uniform(0.75, 1.25), 2) for i in intervals]
 
 
 class Producer:
@@ -145,7 +145,8 @@ class Producer:
         self, request: GenerateRequest, job_id: str | None, meta: Mapping | None, options: JobOptions | None = None
     ) -> dict:
         s = self.settings
-        retry = Retry(max=s.max_retries, interval=jittered(s.retry_intervals)) if s.max_retries > 0 else None
+        intervals = cast("list[int]", jittered(s.retry_intervals))  # rq annotates int; it waits fractional seconds too
+        retry = Retry(max=s.max_retries, interval=intervals) if s.max_retries > 0 else None
         extra = options.to_dict() if options is not None else {}
         return {
             "args": (request.to_dict(), extra) if extra else (request.to_dict(),),
@@ -243,7 +244,9 @@ class Producer:
         ``group_id`` makes the jobs one RQ group (``rq.group.Group``), readable as a whole later.
         """
         items = list(requests)
-        per_item = list(options) if isinstance(options, (list, tuple)) else [options] * len(items)
+        per_item: list[OptionsLike | None] = (
+            list(options) if isinstance(options, (list, tuple)) else [cast("OptionsLike | None", options)] * len(items)
+        )
         if len(per_item) != len(items):
             raise ValueError("options must be one mapping or have one entry per request")
         reqs: list[GenerateRequest] = []
@@ -259,7 +262,7 @@ class Producer:
             job_opts.append(jo)
         if errors:
             raise ValidationError(errors)
-        ids = list(job_ids) if job_ids is not None else [None] * len(reqs)
+        ids: list[str | None] = list(job_ids) if job_ids is not None else [None] * len(reqs)
         if len(ids) != len(reqs):
             raise ValueError("job_ids must have one entry per request")
         for job_id in ids:
