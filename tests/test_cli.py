@@ -91,7 +91,7 @@ def test_producer_enqueue_and_the_flask_extension_resolve_redis_the_same_way(env
     flask += "from flask import Flask; from zimg_queue.web import ZimgQueue; a = Flask('x'); "
     flask += f"a.config['ZIMG_REDIS_URL'] = {settings.redis_url!r}; ZimgQueue(a)"
     done = subprocess.run([sys.executable, "-c", flask], env=clean, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "(from app.config)" in done.stderr, done.stderr
+    assert done.returncode == 0 and "source='app.config'" in done.stderr, done.stderr
 
 
 def test_guidance_scale_is_a_flag_and_the_schema_explains_the_rule(env):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import structlog
@@ -122,3 +125,15 @@ def test_a_real_worker_logs_json_lines_rq_included(procs):
     assert parsed, "the worker logged nothing"
     assert all(p["process"] == "worker" and "timestamp" in p and "level" in p for p in parsed)
     assert any(p["logger"].startswith("rq.") for p in parsed), "RQ (stdlib logging) is routed too"
+
+
+def test_as_a_library_our_events_go_through_standard_logging_never_stdout():
+    """A script importing zimg_queue without configuring logs: unconfigured structlog printed to its stdout."""
+    code = (
+        "import logging, structlog, zimg_queue; logging.basicConfig(level=logging.INFO); "
+        "structlog.get_logger('zimg_queue.x').info('hello', prompt='secret words'); print('OUT')"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout == "OUT\n"
+    assert "INFO:zimg_queue.x:event='hello'" in done.stderr and "secret words" not in done.stderr

@@ -15,9 +15,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from .logs import use_standard_logging_until_configured
 from .queue import Producer
 from .request import GenerateRequest, ValidationError
 from .settings import Settings
+
+use_standard_logging_until_configured()
 
 __all__ = ["GenerateRequest", "Producer", "Settings", "ValidationError", "enqueue", "get_status", "wait", "cancel"]
 

@@ -21,7 +21,6 @@ PING (:func:`require`) so that a Redis that is simply not there fails in under a
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -131,13 +130,8 @@ def announce(choice: RedisChoice) -> None:
     _announced.add(choice.url)
     default = choice.url == DEFAULT_REDIS_URL and choice.source.startswith("the default")
     hint = "on a shared machine this may be someone else's Redis: set ZIMG_REDIS_URL or pass --redis-url"
-    if not structlog.is_configured():  # a script using the library: the standard library's logging, never stdout
-        std = logging.getLogger(__name__)
-        if default:
-            std.warning("using Redis %s (%s); %s", choice.url, choice.source, hint)
-        else:
-            std.info("using Redis %s (from %s)", redacted(choice.url), choice.source)
-    elif default:
+    # As a library, structlog goes through the standard library (zimg_queue.logs), never to stdout.
+    if default:
         log.warning("redis_default", url=choice.url, source=choice.source, hint=hint)
     else:
         log.info("redis", url=redacted(choice.url), source=choice.source)

@@ -179,3 +179,27 @@ def gunicorn_logger_class() -> type:
                 lg.propagate = True
 
     return StructuredGunicornLogger
+
+
+def use_standard_logging_until_configured() -> None:
+    """As a library (a Flask app importing zimg_queue), log through the standard library, never to stdout.
+
+    Unconfigured, structlog prints every event to stdout, which mixes our log lines into a
+    script's output. Until someone calls :func:`configure_logging` (our processes do) or
+    configures structlog themselves (an app that uses it: we never override that), our events
+    become ordinary ``logging`` records under the module's logger name, rendered as
+    ``key=value`` text, prompts redacted: the host application's handlers and levels decide.
+    """
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.filter_by_level,
+            redact_prompts,
+            structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
