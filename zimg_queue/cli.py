@@ -198,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-wait-ms", type=float, default=0.0, help="after a batch, wait this long for its clients")
-    p.add_argument("--max-queue", type=int, help="requests waiting beyond this get 503 (default 4 x --max-batch, at least 16)")
+    p.add_argument(
+        "--max-queue", type=int, help="requests waiting beyond this get 503 (default 4 x --max-batch, at least 16)"
+    )
     p.add_argument("--max-batch-pixels", type=int, default=0, help="pixel budget of one batch (0: none)")
     p.add_argument("--device", help="zimage: cuda, cuda:1, cpu (default cuda when available)")
     p.add_argument("--dtype", help="zimage: bf16, fp16, fp32 (default bf16 on cuda, fp32 on cpu)")
