@@ -126,6 +126,24 @@ class Processes:
             proc.stop()
 
 
+def start_fast_inference(log_dir: Path) -> Proc:
+    """A real ``zimg inference-server`` (sim backend, zero latency, no batching window) on a free port, running.
+
+    For module-scoped fixtures that hammer one server (fuzzing, the differential test); the caller stops it.
+    """
+    from zimg_queue.redis_server import free_port as _free_port
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
+    env.update(ZIMG_SIM_LATENCY_A="0", ZIMG_SIM_LATENCY_B="0", PYTHONUNBUFFERED="1")
+    return Proc(
+        [sys.executable, "-m", "zimg_queue.cli", "inference-server", "--port", str(port), "--max-wait-ms", "0"],
+        env=env,
+        log=log_dir / "inference.log",
+        url=f"http://127.0.0.1:{port}",
+    ).start()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Z-Image pipeline (``zimg make-tiny-model``), built once per session."""

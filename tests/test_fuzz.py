@@ -13,19 +13,17 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
 import redis
 import requests
-from conftest import Proc
+from conftest import start_fast_inference
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from zimg_queue.redis_server import EmbeddedRedis, free_port
+from zimg_queue.redis_server import EmbeddedRedis
 from zimg_queue.request import SCHEMA, GenerateRequest, ValidationError
 
 FUZZ = settings(
@@ -88,15 +86,7 @@ def test_from_dict_gives_a_request_or_a_validation_error_naming_a_field(value):
 
 @pytest.fixture(scope="module")
 def inference_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
-    env.update(ZIMG_SIM_LATENCY_A="0", ZIMG_SIM_LATENCY_B="0", PYTHONUNBUFFERED="1")
-    proc = Proc(
-        [sys.executable, "-m", "zimg_queue.cli", "inference-server", "--port", str(port), "--max-wait-ms", "0"],
-        env=env,
-        log=tmp_path_factory.mktemp("fuzz") / "inference.log",
-        url=f"http://127.0.0.1:{port}",
-    ).start()
+    proc = start_fast_inference(tmp_path_factory.mktemp("fuzz"))
     yield proc.url  # type: ignore[misc]
     proc.stop()
 

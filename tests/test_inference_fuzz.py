@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import Proc
+from conftest import Proc, start_fast_inference
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
-from zimg_queue.redis_server import free_port
 
 FUZZ = settings(
     derandomize=True, max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
@@ -31,17 +28,7 @@ GOOD = {"prompt": "a cat", "width": 64, "height": 64, "seed": 1}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    import os
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
-    env.update(ZIMG_SIM_LATENCY_A="0", ZIMG_SIM_LATENCY_B="0", PYTHONUNBUFFERED="1")
-    proc = Proc(
-        [sys.executable, "-m", "zimg_queue.cli", "inference-server", "--port", str(port), "--max-wait-ms", "0"],
-        env=env,
-        log=tmp_path_factory.mktemp("inference-fuzz") / "inference.log",
-        url=f"http://127.0.0.1:{port}",
-    ).start()
+    proc = start_fast_inference(tmp_path_factory.mktemp("inference-fuzz"))
     yield proc
     proc.stop()
 
