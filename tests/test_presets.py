@@ -133,3 +133,12 @@ def test_producer_rejects_bad_preset_use_before_enqueueing(producer: Producer, r
     with pytest.raises(ValidationError, match="need options.preset"):
         producer.enqueue("a cat", options={"placeholders": {"title": "x"}})
     assert producer.queue().count == 0
+
+
+def test_a_flask_apps_config_names_the_presets_file(web_app, monkeypatch):
+    """ZIMG_PRESETS in app.config (not the environment) reaches the producer behind POST /v1/jobs."""
+    monkeypatch.delenv("ZIMG_PRESETS", raising=False)
+    client = web_app(ZIMG_PRESETS=str(EXAMPLE)).test_client()
+    body = {"seed": 5, "options": {"preset": "social", "placeholders": {"title": "jeans", "tagline": "move"}}}
+    answer = client.post("/v1/jobs", json=body)
+    assert answer.status_code == 202, answer.get_json()

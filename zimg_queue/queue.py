@@ -60,8 +60,9 @@ class Producer:
             connection = shared(self.settings.redis_url or "")
         self.connection = connection
         self.serializer = JSONSerializer
-        #: The presets file for ``options={"preset": ...}``; ``None`` means ``$ZIMG_PRESETS``.
-        self.presets_path: str | None = None
+        #: The presets file for ``options={"preset": ...}``: the settings' (environment, ``.env`` or a Flask
+        #: app's config); ``None``: no presets.
+        self.presets_path: str | None = self.settings.presets
         self._queues = {p: self.queue(p) for p in PRIORITIES}
 
     def queue(self, priority: str = "normal") -> Queue:
