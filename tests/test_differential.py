@@ -35,12 +35,10 @@ from typing import Any
 import jsonschema
 import pytest
 import requests
-from conftest import Proc
+from conftest import start_fast_inference
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
-
-from zimg_queue.redis_server import free_port
 
 MAX_BODY = 65536  # the shipped ZIMG_MAX_BODY_BYTES
 DIFF = settings(
@@ -353,18 +351,7 @@ def test_bodies_outside_the_schema_are_rejected_exactly_when_it_says(api, data):
 @pytest.fixture(scope="module")
 def inference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Any]]]:
     """A real ``zimg inference-server`` (sim backend, no latency) and the schema it publishes."""
-    import os
-    import sys
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
-    env.update(ZIMG_SIM_LATENCY_A="0", ZIMG_SIM_LATENCY_B="0", PYTHONUNBUFFERED="1")
-    proc = Proc(
-        [sys.executable, "-m", "zimg_queue.cli", "inference-server", "--port", str(port), "--max-wait-ms", "0"],
-        env=env,
-        log=tmp_path_factory.mktemp("differential") / "inference.log",
-        url=f"http://127.0.0.1:{port}",
-    ).start()
+    proc = start_fast_inference(tmp_path_factory.mktemp("differential"))
     doc = requests.get(f"{proc.url}/v1/openapi.json", timeout=10).json()
     schema = published(doc, "UpstreamRequest")
     check_meta(schema)
