@@ -14,8 +14,8 @@ other GPU host once their leases run out, and no job is lost.
 
 Shipped defaults throughout (lease, retries, worker and web settings). Only the simulator is
 given a latency: the ``h200-512`` estimate (0.11 s + 0.16 s per image) on gpu2, and 2.5 s an
-image on gpu1, so that both its workers are inside a job when it dies. Each namespace is private to the test, so the servers use their
-usual ports inside them.
+image on gpu1, so that both its workers are inside a job when it dies. Each namespace is private
+to the test, so the servers use their usual ports inside them.
 """
 
 from __future__ import annotations
