@@ -103,19 +103,24 @@ def stall(url: str) -> socket.socket:
     return sock
 
 
+def probes_answered(url: str, probes: int = 5) -> int:
+    """How many of ``probes`` sequential ``/healthz`` probes got an answer (200, or 503 for a dependency down)."""
+    answered = 0
+    for _ in range(probes):
+        try:
+            answered += requests.get(f"{url}/healthz", timeout=5).status_code in (200, 503)
+        except requests.RequestException:
+            pass
+    return answered
+
+
 def test_stalled_uploads_do_not_starve_healthz(web):
     """More stalled uploads than threads (gunicorn, 1 process x 8 threads, shipped body timeout): probes answer."""
     proc = web()
     stalled = [stall(proc.url) for _ in range(12)]
     try:
         time.sleep(0.5)  # every stall has reached the server
-        answered = 0
-        for _ in range(5):
-            try:
-                answered += requests.get(f"{proc.url}/healthz", timeout=5).status_code in (200, 503)
-            except requests.RequestException:
-                pass
-        assert answered == 5
+        assert probes_answered(proc.url) == 5
     finally:
         for sock in stalled:
             sock.close()
@@ -216,13 +221,7 @@ def test_stalled_requests_on_kept_alive_connections_do_not_starve_healthz(web):
             sock.sendall(post("Content-Type: application/json\r\nContent-Length: 1000\r\n", b'{"prompt": "'))
             stalled.append(sock)
         time.sleep(0.5)
-        answered = 0
-        for _ in range(5):
-            try:
-                answered += requests.get(f"{proc.url}/healthz", timeout=5).status_code in (200, 503)
-            except requests.RequestException:
-                pass
-        assert answered == 5
+        assert probes_answered(proc.url) == 5
     finally:
         for sock in stalled:
             sock.close()
