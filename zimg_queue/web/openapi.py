@@ -124,6 +124,18 @@ TEXT = {"text/plain": {"schema": {"type": "string"}}}
 JSON_ANY: Json = {"application/json": {}}
 
 #: (path, method) -> operation. Add a route here when you add it to the app.
+#: The image route's answers; the console's gallery route serves the same.
+IMAGE_RESPONSES: Json = {
+    "200": {
+        "description": "The image",
+        "content": {f"image/{f}": {"schema": {"type": "string", "format": "binary"}} for f in FORMATS},
+    },
+    "302": {"description": "ZIMG_STORAGE=s3 on a host without the file: the object (presigned or public URL)"},
+    "304": {"description": "Not modified (If-None-Match / If-Modified-Since)"},
+    **errors(404, 503),
+}
+
+
 OPERATIONS: dict[tuple[str, str], Json] = {
     ("/v1/jobs", "post"): op(
         "createJob",
@@ -155,15 +167,7 @@ OPERATIONS: dict[tuple[str, str], Json] = {
     ("/v1/jobs/{job_id}/image", "get"): op(
         "getImage",
         "The finished job's image (content-addressed: cache it)",
-        {
-            "200": {
-                "description": "The image",
-                "content": {f"image/{f}": {"schema": {"type": "string", "format": "binary"}} for f in FORMATS},
-            },
-            "302": {"description": "ZIMG_STORAGE=s3 on a host without the file: the object (presigned or public URL)"},
-            "304": {"description": "Not modified (If-None-Match / If-Modified-Since)"},
-            **errors(404, 503),
-        },
+        IMAGE_RESPONSES,
         parameters=[JOB_ID],
     ),
     ("/v1/jobs/{job_id}/events", "get"): op(
@@ -238,15 +242,7 @@ OPERATIONS: dict[tuple[str, str], Json] = {
     ("/console/images/{job_id}", "get"): op(
         "consoleImage",
         "A finished job's image for the console's gallery: GET /v1/jobs/{job_id}/image, asking a browser for Basic",
-        {
-            "200": {
-                "description": "The image",
-                "content": {f"image/{f}": {"schema": {"type": "string", "format": "binary"}} for f in FORMATS},
-            },
-            "302": {"description": "ZIMG_STORAGE=s3 on a host without the file: the object (presigned or public URL)"},
-            "304": {"description": "Not modified (If-None-Match / If-Modified-Since)"},
-            **errors(404, 503),
-        },
+        IMAGE_RESPONSES,
         parameters=[JOB_ID],
     ),
 }
