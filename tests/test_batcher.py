@@ -9,6 +9,7 @@ for seconds, not one held for 60 ms instead of 50. Some tests raise ``max_queue`
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -22,6 +23,7 @@ import requests
 from workers.inference.backends.base import DeviceFailure, InferenceRequest, OutOfMemory, ProgressFn
 from workers.inference.batcher import Batcher, Pending
 from workers.inference.busy import BusyClock
+from workers.inference.capacity import Capacity
 from workers.inference.errors import Cancelled, DeadlineExceeded, QueueFull, Unhealthy, classify
 
 SLACK = 0.5  # seconds: scheduling noise allowed on top of max_wait
@@ -228,6 +230,57 @@ def test_the_cap_grows_back_after_a_run_of_successes_but_stays_below_what_failed
     assert sizes[0] == 8 and 4 in sizes, sizes  # it probed up again
     assert sizes.count(8) == 1, sizes  # and never retried the size known to fail
     assert batcher.capacity.limit((64, 64)) == 4
+
+
+def test_after_a_one_off_oom_the_batcher_gets_back_to_full_batches(make_batcher) -> None:
+    """Memory short for one batch only: once it frees, a run of successes brings the shape back to 8."""
+    backend = RecordingBackend(oom_above=2, latency=0.01)
+    batcher, backend = make_batcher(backend, max_batch=8, max_wait_s=0.0, probe_after=2)
+    run_rounds(batcher, rounds=1, per_round=8)
+    backend.oom_above = None  # the other process let go of its memory
+    for _ in range(12):
+        run_rounds(batcher, rounds=1, per_round=8)
+        if batcher.capacity.limit((64, 64)) == 8:
+            break
+    assert batcher.capacity.limit((64, 64)) == 8, [len(c.batch) for c in backend.calls]
+    run_rounds(batcher, rounds=1, per_round=8)
+    assert len(backend.calls[-1].batch) == 8 and batcher.stats["failed_calls"] == 1
+
+
+def drive(capacity: Capacity, room: Callable[[int], int], batches: int) -> list[tuple[int, int]]:
+    """Full 64x64 batches at the learned limit on a GPU with room for ``room(i)``; (i, size) of each that failed."""
+    failed = []
+    for i in range(batches):
+        size = capacity.limit((64, 64))
+        if size > room(i):
+            failed.append((i, size))
+            capacity.record_oom((64, 64), size)
+        else:
+            capacity.record_success((64, 64), size)
+    return failed
+
+
+def test_a_one_off_oom_does_not_cost_the_size_forever() -> None:
+    """Memory short once (fragmentation, another process): after a longer run of successes 8 is tried again."""
+    capacity = Capacity(max_batch=8, probe_after=8)
+    assert drive(capacity, room=lambda i: 2, batches=1) == [(0, 8)]
+    assert capacity.limit((64, 64)) == 1
+    assert drive(capacity, room=lambda i: 8, batches=100) == []  # the memory is back
+    assert capacity.limit((64, 64)) == 8
+    assert capacity.snapshot()["64x64"]["fail"] == 0  # 8 fit again: the failure is forgotten
+
+
+def test_a_size_that_never_fits_is_retried_with_growing_gaps() -> None:
+    """Exponential backoff: each failure of a size doubles the run of successes needed before its next try."""
+    capacity = Capacity(max_batch=8, probe_after=8)
+    failed = drive(capacity, room=lambda i: 2, batches=200)
+    sizes = [size for _, size in failed]
+    assert sizes[:3] == [8, 4, 3], failed  # learning the limit: each size above it fails once on the way down
+    assert sizes.count(3) >= 2, failed  # the smallest size that failed is tried again ...
+    assert len(failed) <= math.log2(200), failed  # ... but rarely
+    gaps = [b - a for (a, _), (b, _) in zip(failed[2:], failed[3:])]
+    assert all(later > 1.5 * earlier for earlier, later in zip(gaps, gaps[1:])), failed
+    assert capacity.limit((64, 64)) in (2, 3)
 
 
 def test_max_batch_pixels_caps_big_sizes_up_front(make_batcher) -> None:
