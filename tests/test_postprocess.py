@@ -26,6 +26,15 @@ def marks(tmp_path, monkeypatch) -> Path:
     return folder
 
 
+@pytest.fixture
+def marked(producer: Producer, marks: Path) -> Producer:
+    """A producer whose own settings name the watermark folder (as a Flask app's config or the environment would).
+
+    The producer reads the folder from the settings it was built with, not from the environment at enqueue time.
+    """
+    return Producer(producer.connection, producer.settings.with_(watermark_dir=str(marks)))
+
+
 def black(w=400, h=200) -> Image.Image:
     return Image.new("RGB", (w, h), (0, 0, 0))
 
@@ -120,35 +129,34 @@ def test_unknown_watermark_on_the_worker_fails_at_once(procs, producer: Producer
     assert len(status["attempts"]) == 1
 
 
-def test_a_worker_without_watermark_configuration_gets_the_watermark_with_the_job(procs, producer: Producer, marks,
-                                                                                  redis_conn):  # fmt: skip
+def test_a_worker_without_watermark_configuration_gets_the_watermark_with_the_job(procs, marked: Producer, marks):
     """Only the producer knows ZIMG_WATERMARK_DIR: the image's bytes travel by digest through Redis."""
     procs.inference(latency_a="0", latency_b="0")
     procs.worker()  # no ZIMG_WATERMARK_DIR, no ZIMG_PRESETS
     options = {"postprocess": {"watermark": {"name": "white", "position": "top-left", "opacity": 1.0}}}
-    job_id = producer.enqueue("a red boat", width=128, height=64, seed=2, options=options)
+    job_id = marked.enqueue("a red boat", width=128, height=64, seed=2, options=options)
     digest = hashlib.sha256((marks / "white.png").read_bytes()).hexdigest()
-    assert producer.fetch(job_id).args[1]["postprocess"]["watermark"]["sha256"] == digest
-    status = producer.wait(job_id, timeout=30)
+    assert marked.fetch(job_id).args[1]["postprocess"]["watermark"]["sha256"] == digest
+    status = marked.wait(job_id, timeout=30)
     assert status["status"] == "finished", status
     with Image.open(status["result"]["path"]) as img:
         assert img.convert("RGB").getpixel((10, 10)) == (255, 255, 255)  # the white mark, top-left
 
 
-def test_a_watermark_gone_from_redis_fails_the_job_at_once_saying_so(procs, producer: Producer, marks, redis_conn):
+def test_a_watermark_gone_from_redis_fails_the_job_at_once_saying_so(procs, marked: Producer, marks, redis_conn):
     procs.inference(latency_a="0", latency_b="0")
     options = {"postprocess": {"watermark": "white"}}
-    job_id = producer.enqueue("a boat", width=64, height=64, options=options)
+    job_id = marked.enqueue("a boat", width=64, height=64, options=options)
     redis_conn.delete(f"zimg:watermark:{hashlib.sha256((marks / 'white.png').read_bytes()).hexdigest()}")
     procs.worker()  # started after the image expired, with no watermark configuration to fall back on
-    status = producer.wait(job_id, timeout=30)
+    status = marked.wait(job_id, timeout=30)
     assert status["status"] == "failed" and "no longer in Redis" in status["error"] and len(status["attempts"]) == 1
 
 
-def test_a_digest_sent_by_a_client_is_replaced_or_dropped_by_the_producer(producer: Producer, marks, monkeypatch):
+def test_a_digest_sent_by_a_client_is_replaced_or_dropped_by_the_producer(marked: Producer, marks):
     forged = {"postprocess": {"watermark": {"name": "white", "sha256": "0" * 64}}}
-    _, opts = producer.prepare("x", forged)
+    _, opts = marked.prepare("x", forged)
     assert opts.postprocess.watermark.sha256 == hashlib.sha256((marks / "white.png").read_bytes()).hexdigest()
-    monkeypatch.delenv("ZIMG_WATERMARK_DIR")  # nothing configured here: the name alone goes to the worker
-    _, opts = producer.prepare("x", forged)
+    bare = Producer(marked.connection, marked.settings.with_(watermark_dir=None))  # nothing configured here:
+    _, opts = bare.prepare("x", forged)  # the name alone goes to the worker
     assert opts.postprocess.watermark.sha256 is None

@@ -466,3 +466,38 @@ def test_retry_after_reads_seconds_and_dates():
     assert retry_after(answer("7")) == 7 and retry_after(answer(None)) == 1 and retry_after(answer("soon")) == 1
     assert 25 <= retry_after(answer(formatdate(time.time() + 30, usegmt=True))) <= 31
     assert retry_after(answer("999999")) == 300
+
+
+def test_a_watermark_dir_in_app_config_is_the_one_the_api_uses(settings, redis_conn, tmp_path, monkeypatch):
+    """``ZIMG_WATERMARK_DIR`` in ``app.config`` alone (no environment variable) names the submittable watermarks.
+
+    The producer resolved watermarks from a second ``Settings()`` built from the environment, so a Flask app
+    configured in code accepted any name unchecked and sent no watermark bytes to the workers.
+    """
+    from flask import Flask
+
+    from zimg_queue.web import ZimgQueue
+
+    monkeypatch.delenv("ZIMG_WATERMARK_DIR", raising=False)
+    monkeypatch.delenv("ZIMG_PRESETS", raising=False)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    Image.new("RGBA", (40, 20), (255, 255, 255, 255)).save(marks / "brand.png")
+    app = Flask(__name__)
+    app.config.update(ZIMG_REDIS_URL=settings.redis_url, ZIMG_WATERMARK_DIR=str(marks), ZIMG_RATE_LIMIT="0")
+    ZimgQueue(app)
+    client = app.test_client()
+
+    r = client.post("/v1/jobs", json={**GOOD, "options": {"postprocess": {"watermark": "brand"}}})
+    assert r.status_code == 202, r.json
+    mark = Producer(redis_conn, settings).fetch(r.json["id"]).args[1]["postprocess"]["watermark"]
+    assert mark["sha256"] == hashlib.sha256((marks / "brand.png").read_bytes()).hexdigest()  # sent by content
+
+    r = client.post("/v1/jobs", json={**GOOD, "options": {"postprocess": {"watermark": "ghost"}}})
+    assert r.status_code == 400, r.json
+    assert [e["field"] for e in r.json["errors"]] == ["postprocess.watermark.name"], r.json
+    assert "known: brand" in r.json["errors"][0]["message"]
+    assert queue_length(redis_conn) == 1
+
+    schemas = client.get("/v1/openapi.json").json["components"]["schemas"]
+    assert schemas["Watermark"]["properties"]["name"]["enum"] == ["brand"]

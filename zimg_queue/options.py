@@ -15,13 +15,16 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import BeforeValidator, ConfigDict, Field, Strict
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic.json_schema import JsonDict
 
 from .validation import INTEGRAL, NAME_PATTERN, URL_PATTERN, Checker, ValidationError
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 #: ``re.match`` with ``\Z``: Python's ``$`` would also accept a trailing newline.
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
@@ -208,28 +211,41 @@ def _checker(cls: type, root: str) -> Checker:
     return checker
 
 
-def watermark_sources(presets: str | os.PathLike[str] | None = None) -> tuple[dict[str, Path], Path | None]:
-    """The operator's watermarks: the presets file's ``[watermarks]`` table and ``ZIMG_WATERMARK_DIR``."""
-    table: dict[str, Path] = {}
-    from .settings import Settings
+def watermark_sources(
+    presets: str | os.PathLike[str] | None = None, settings: Settings | None = None
+) -> tuple[dict[str, Path], Path | None]:
+    """The operator's watermarks: the presets file's ``[watermarks]`` table and ``ZIMG_WATERMARK_DIR``.
 
-    settings = Settings()
-    if presets or settings.presets:
+    ``settings`` are the caller's own (a :class:`~zimg_queue.queue.Producer`'s, which a Flask app builds from
+    its ``app.config``): with them the environment is not read again, so a folder set only in ``app.config``
+    counts. Without them (a worker, a script) the settings come from the environment and ``.env``. ``presets``
+    wins over the settings' presets file (a producer's ``presets_path`` may be changed after it was built).
+    """
+    table: dict[str, Path] = {}
+    if settings is None:
+        from .settings import Settings
+
+        settings = Settings()
+    path = presets if presets is not None else settings.presets
+    if path:
         from .presets import load_presets
 
-        table = dict(load_presets(presets).watermarks)
+        table = dict(load_presets(path).watermarks)
     folder = settings.watermark_dir
     return table, Path(folder) if folder else None
 
 
-def resolve_watermark(name: str, presets: str | os.PathLike[str] | None = None) -> Path:
+def resolve_watermark(
+    name: str, presets: str | os.PathLike[str] | None = None, settings: Settings | None = None
+) -> Path:
     """The file behind a watermark name; :class:`ValidationError` when the operator configured none by that name.
 
-    The name is checked against ``[A-Za-z0-9_-]`` first, so it can never walk out of the folder.
+    The name is checked against ``[A-Za-z0-9_-]`` first, so it can never walk out of the folder. ``presets``
+    and ``settings`` are :func:`watermark_sources`'s.
     """
     if not NAME_RE.match(name or ""):
         raise ValidationError.single("postprocess.watermark.name", "must be a configured watermark name")
-    table, folder = watermark_sources(presets)
+    table, folder = watermark_sources(presets, settings)
     if name in table and table[name].is_file():
         return table[name]
     if folder is not None:

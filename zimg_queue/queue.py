@@ -125,10 +125,10 @@ class Producer:
 
         assert opts.postprocess is not None and opts.postprocess.watermark is not None
         post, mark = opts.postprocess, opts.postprocess.watermark
-        table, folder = watermark_sources(self.presets_path)
+        table, folder = watermark_sources(self.presets_path, self.settings)  # app.config's too, not just the env's
         digest = None
         if table or folder:  # configured here: fail now, not on the worker
-            path = resolve_watermark(mark.name, self.presets_path)
+            path = resolve_watermark(mark.name, self.presets_path, self.settings)
             ttl = max(self.settings.result_ttl, self.settings.failure_ttl) + self.settings.job_timeout
             try:
                 digest = watermarks.publish(self.connection, path, ttl)

@@ -24,7 +24,7 @@ from pydantic import TypeAdapter
 from .. import models
 from ..options import JobOptions
 from ..request import FORMATS, GenerateRequest, UpstreamRequest
-from ..settings import PRIORITIES
+from ..settings import PRIORITIES, Settings
 
 Json = dict[str, Any]
 #: Answers every protected route can give besides its own.
@@ -511,8 +511,14 @@ def dashboard_path(app: Flask, prefix: str = "") -> str | None:
     return min(pages, key=len)[len(prefix) :] or "/" if pages else None
 
 
-def configured_names(presets_path: str | None) -> tuple[list[str] | None, list[str] | None]:
-    """The preset and watermark names configured here (``None`` for watermarks: any name, workers resolve it)."""
+def configured_names(
+    presets_path: str | None, settings: Settings | None = None
+) -> tuple[list[str] | None, list[str] | None]:
+    """The preset and watermark names configured here (``None`` for watermarks: any name, workers resolve it).
+
+    ``settings`` are the app's (its ``app.config`` over the environment), so the watermark folder listed is the
+    one its producer checks submissions against.
+    """
     from ..options import watermark_sources
     from ..presets import PresetError, load_presets
 
@@ -521,7 +527,7 @@ def configured_names(presets_path: str | None) -> tuple[list[str] | None, list[s
     except (PresetError, OSError):
         presets = None
     try:
-        table, folder = watermark_sources(presets_path)
+        table, folder = watermark_sources(presets_path, settings)
     except (PresetError, OSError):
         return presets, None
     if not table and folder is None:
@@ -537,7 +543,7 @@ def for_app(app: Flask, prefix: str = "", presets_path: str | None = None) -> Js
     from .extension import get_state
 
     settings = get_state(app).settings
-    presets, watermarks = configured_names(presets_path)
+    presets, watermarks = configured_names(presets_path, settings)
     return document(
         prefix or "/",
         served=routes(app, prefix),
