@@ -36,6 +36,7 @@ from .errors import BadOptions, GenerateError, InferenceDown, InferenceOutage, I
 from .imaging import decode, encode, format_of
 from .inference_pool import InferencePool, inference_client
 from .outage import AwaitInference, Breaker
+from .result_writes import RESULT_WRITES
 from .storage import ImageStore
 
 #: Set by the worker when RQ asks it to stop the job it is running (see ``workers.worker``).
@@ -124,6 +125,18 @@ def set_progress(job: Job | None, stage: str, percent: int, **extra: Any) -> Non
     job.save_meta()
 
 
+def set_final_progress(job: Job | None, stage: str, percent: int) -> None:
+    """The last progress of a job that returns: written with its result (:mod:`workers.result_writes`).
+
+    A client sees both at once, and waits for one round trip fewer.
+    """
+    if job is None:
+        return
+    job.meta["progress"] = {"stage": stage, "percent": percent}
+    meta = job.serializer.dumps(job.meta)
+    RESULT_WRITES.add(job.connection, lambda pipe: pipe.hset(job.key, "meta", meta))
+
+
 def generate(request: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any] | AwaitInference:
     """Make (or find) the image for ``request``, post-process and store it as ``options`` say; return where it is.
 
@@ -152,7 +165,7 @@ def generate(request: dict[str, Any], options: dict[str, Any] | None = None) -> 
         if remote is not None:
             set_progress(job, "uploading", 97)
             remote.publish(result)
-        set_progress(job, "done", 100)
+        set_final_progress(job, "done", 100)
         return result
     except InferenceDown as exc:  # before GenerateError: an outage is waited out, not a spent attempt
         return _await_inference(job, ctx, exc)
@@ -180,18 +193,16 @@ def _generate(job: Job | None, ctx: Context, req: GenerateRequest, started: floa
         timings = {"queued_s": round(queued_s, 4), "inference_s": 0.0, "total_s": round(time.time() - started, 4)}
         return _result(req, str(cached), data, timings, backend=None, cache_hit=True)
 
-    set_progress(job, "waiting_for_inference", 5)
     effective, downscaled = req, None
     t0 = time.perf_counter()
     try:
-        response = _call(job, ctx, effective)
+        response = _call(job, ctx, effective, {})
     except InferenceOutOfMemory:
         smaller = downscale(req)
         if not ctx.settings.oom_downscale or smaller is None:
             raise
         effective, downscaled = smaller, {"from": [req.width, req.height], "to": [smaller.width, smaller.height]}
-        set_progress(job, "waiting_for_inference", 5, downscaled=True)
-        response = _call(job, ctx, effective)
+        response = _call(job, ctx, effective, {"downscaled": True})
     inference_s = time.perf_counter() - t0
 
     raw, image = decode(response.image_b64, effective.width, effective.height)
@@ -261,11 +272,13 @@ def _result(req: GenerateRequest, path: str, data: bytes, timings: dict, *, back
     }
 
 
-def _call(job: Job | None, ctx: Context, req: GenerateRequest) -> GenerateResponse:
+def _call(job: Job | None, ctx: Context, req: GenerateRequest, progress: dict[str, Any]) -> GenerateResponse:
     """POST the request; meanwhile watch for a stop request and copy step progress into the job.
 
     The HTTP call runs on a helper thread so this thread stays free to notice a
-    cancel; a fast answer (the common case) never pays for a progress poll.
+    cancel; a fast answer (the common case) never pays for a progress poll. The
+    ``waiting_for_inference`` progress (with ``progress``'s extra fields) is written
+    once the call is on its way, so its round trip overlaps the inference.
     """
     body = req.to_dict()
     if body["output_format"] not in UPSTREAM_FORMATS:
@@ -273,6 +286,7 @@ def _call(job: Job | None, ctx: Context, req: GenerateRequest) -> GenerateRespon
     job_id = job.id if job is not None else None
     request_id = (job.meta.get("request_id") if job is not None else None) or job_id
     future = in_background(ctx.client.generate, body, request_id=request_id, job_id=job_id)
+    set_progress(job, "waiting_for_inference", 5, **progress)
     last_step = None
     while True:
         if STOP.is_set():

@@ -44,6 +44,8 @@ from zimg_queue.request import ValidationError
 from zimg_queue.settings import Settings
 from zimg_queue.status import now_iso, wait_for
 
+from .result_writes import RESULT_WRITES
+
 log = logging.getLogger(__name__)
 DELIVER_FUNC = "workers.webhooks.deliver"
 DEFAULT_INTERVALS = (5.0, 30.0, 120.0, 600.0, 1800.0)
@@ -194,10 +196,11 @@ def job_finished(job: Job, connection: redis.Redis, result: Any, *args: Any, **k
     if job.func_name == DELIVER_FUNC:
         return
     info = result if isinstance(result, dict) else {}
-    try:
-        images = 0 if info.get("cache_hit") else 1
-        record_job(connection, job.origin, ok=True, duration_s=_duration(job), inference_s=info.get("inference_s"),
-                   images=images, queued_s=_queued(job))  # fmt: skip
+    images = 0 if info.get("cache_hit") else 1
+    duration_s, queued_s = _duration(job), _queued(job)
+    try:  # in the transaction that writes the result (workers.result_writes): no round trip of its own
+        RESULT_WRITES.add(connection, lambda pipe: record_job(pipe, job.origin, ok=True, duration_s=duration_s,
+                          inference_s=info.get("inference_s"), images=images, queued_s=queued_s))  # fmt: skip
     except redis.RedisError:
         log.warning("could not record metrics for %s", job.id, exc_info=True)
     enqueue_delivery(job, connection, "finished")
@@ -207,8 +210,9 @@ def job_failed(job: Job, connection: redis.Redis, *exc_info: Any, **kwargs: Any)
     """RQ ``on_failure`` callback: acts only on the *final* failure, not on an attempt RQ will retry."""
     if job.func_name == DELIVER_FUNC or job.should_retry:
         return
+    duration_s = _duration(job)
     try:
-        record_job(connection, job.origin, ok=False, duration_s=_duration(job))
+        RESULT_WRITES.add(connection, lambda pipe: record_job(pipe, job.origin, ok=False, duration_s=duration_s))
     except redis.RedisError:
         log.warning("could not record metrics for %s", job.id, exc_info=True)
     enqueue_delivery(job, connection, "failed")

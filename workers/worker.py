@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,7 +30,7 @@ import redis
 import structlog
 from rq import Queue, Retry, SimpleWorker
 from rq.executions import Execution
-from rq.job import Job, JobStatus
+from rq.job import Job, JobStatus, _job_stack
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
@@ -43,9 +44,12 @@ from zimg_queue.settings import Settings
 from .job import STOP, context
 from .lease import Lease, Reaper, record_worker_death, sweep
 from .outage import AwaitInference
+from .result_writes import RESULT_WRITES
 from .storage import ImageStore
 
 log = logging.getLogger(__name__)
+#: A worker heartbeat this close to one already written (same expiry) is not sent again.
+HEARTBEAT_SLACK_S = 1.0
 jobs_log = structlog.get_logger(__name__)
 
 
@@ -66,11 +70,27 @@ class OrphanAwareScheduler(RQScheduler):
         super().heartbeat()
 
 
+class ZimgJob(Job):
+    """RQ's ``Job``, whose ``perform`` leaves the ``PERSIST`` of its key to the worker's start transaction.
+
+    RQ's sends it as a round trip of its own as the job function starts (issue 14 point 8).
+    """
+
+    def perform(self) -> Any:
+        _job_stack.push(self)
+        try:
+            self._result = self._execute()
+        finally:
+            assert self is _job_stack.pop()
+        return self._result
+
+
 class ZimgWorker(SimpleWorker):
     """A ``SimpleWorker`` that speaks JSON, holds a lease on its job and can stop the job it runs."""
 
     def __init__(self, queues: Iterable[str | Queue], *args, lease_ttl: int | None = None, **kwargs):
         kwargs["serializer"] = JSONSerializer
+        kwargs["job_class"] = ZimgJob  # WorkerPool passes RQ's Job explicitly
         # Idle workers wake every 30 s, so maintenance (which restarts a dead scheduler) runs at least that often.
         kwargs.setdefault("maintenance_interval", 30)
         kwargs.setdefault("worker_ttl", 45)
@@ -90,10 +110,69 @@ class ZimgWorker(SimpleWorker):
         self.push_exc_handler(record_worker_death)  # RQ's own maintenance cleanup records deaths too
         self.reaper = Reaper(self.connection, self.queue_names(), self.lease_ttl)
         self.lease = Lease(self, self.lease_ttl)
+        self._alive_until = 0.0  # time.monotonic() until which the worker's key is known to live
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         """Every started-registry write RQ makes uses the short lease, not ``job_timeout + 60``."""
         return self.lease_ttl
+
+    # --- Round trips around each job (issue 14 point 8) ------------------------------------------------
+    # RQ's worker makes about a dozen Redis round trips between the dequeue and the result; on a busy box
+    # each costs a wake-up of Redis and of this process, and a waiting client pays for every one. The
+    # overrides below keep what RQ writes, in fewer trips: tests/test_worker.py counts them.
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's, in one round trip instead of two, and skipped while the worker's key already lives that long.
+
+        RQ sends one right after the dequeue (on the job's path), one after the job and one before the
+        next dequeue, a few milliseconds apart. One written less than ``HEARTBEAT_SLACK_S`` ago with the
+        same expiry makes the next redundant; one with a shorter expiry (the lease, written when a job
+        starts) does not, so the key never lives shorter than RQ asks.
+        """
+        timeout = timeout or self.worker_ttl + 60
+        due = time.monotonic() + timeout
+        if pipeline is None:
+            if due - HEARTBEAT_SLACK_S <= self._alive_until:
+                return
+            with self.connection.pipeline() as pipe:
+                super().heartbeat(timeout, pipeline=pipe)
+                pipe.execute()
+        else:
+            super().heartbeat(timeout, pipeline=pipeline)
+        self._alive_until = due
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """RQ's, skipping a write of the state the worker is already in (RQ sets ``idle`` twice per job)."""
+        if pipeline is None and state == self._state:
+            return
+        super().set_state(state, pipeline=pipeline)
+
+    def prepare_execution(self, job: Job) -> Execution | None:  # type: ignore[override]
+        """Nothing here: :meth:`prepare_job_execution` creates the execution in its own transaction."""
+        self.execution = None  # the lease renews nothing until the new execution exists
+        return None
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ's ``prepare_execution`` and ``prepare_job_execution`` in one transaction instead of two."""
+        with self.connection.pipeline() as pipeline:
+            heartbeat_ttl = self.get_heartbeat_ttl(job)
+            self.execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            self.set_current_job_id(job.id, pipeline=pipeline)
+            self.set_current_job_working_time(0, pipeline=pipeline)
+            self.heartbeat(heartbeat_ttl, pipeline=pipeline)
+            job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
+            job.prepare_for_execution(self.name, pipeline=pipeline)
+            pipeline.persist(job.key)  # RQ's Job.perform does this in a round trip of its own (see ZimgJob)
+            if remove_from_intermediate_queue:
+                pipeline.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+            pipeline.execute()
+        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
+
+    def cleanup_execution(self, job: Job, pipeline: Any) -> None:
+        """RQ's, plus our writes for the job's end (:mod:`workers.result_writes`) in the same transaction."""
+        super().cleanup_execution(job, pipeline)
+        RESULT_WRITES.apply(pipeline)
 
     def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO", *args, **kwargs) -> None:
         """RQ's ``_start_scheduler``, with :class:`OrphanAwareScheduler` in place of ``RQScheduler``."""
@@ -149,10 +228,12 @@ class ZimgWorker(SimpleWorker):
         self.prepare_execution(job)
         attempt = len(job.meta.get("attempts", [])) + 1  # this execution's number, whatever it records
         self.lease.hold(job)
+        RESULT_WRITES.open()
         try:
             self.perform_job(job, queue)
         finally:
             self.lease.release()
+            RESULT_WRITES.close(self.connection)
         try:  # still BUSY: a SIGTERM now is a warm shutdown after this, not an exception in here
             log_job_end(job, queue, attempt, log_prompts=self.settings.log_prompts)
         except Exception:  # a log line must never cost a job

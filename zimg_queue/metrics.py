@@ -79,23 +79,37 @@ def record_enqueued(conn: Any, queue: str, n: int = 1) -> None:
 
 
 def record_job(
-    conn: redis.Redis, queue: str, *, ok: bool, duration_s: float | None, inference_s: float | None = None,
+    conn: Any, queue: str, *, ok: bool, duration_s: float | None, inference_s: float | None = None,
     images: int = 0, queued_s: float | None = None,
 ) -> None:  # fmt: skip
-    """One ended job, recorded by its worker: a counter and up to three histogram observations."""
+    """One ended job, recorded by its worker: a counter and up to three histogram observations.
+
+    ``conn`` is a connection (one round trip) or a pipeline the caller executes (the worker's closing
+    transaction, :mod:`workers.result_writes`).
+    """
+    if isinstance(conn, redis.client.Pipeline):
+        _job_observations(conn, queue, ok, duration_s, inference_s, images, queued_s)
+        return
     with conn.pipeline(transaction=False) as pipe:
-        pipe.hincrby(f"{PREFIX}:{'finished' if ok else 'failed'}", queue, 1)
-        if images:
-            pipe.hincrby(f"{PREFIX}:images", queue, images)
-        for name, value in (("job_duration", duration_s), ("inference", inference_s), ("queued", queued_s)):
-            if not _usable(value):
-                continue
-            assert value is not None
-            key = f"{PREFIX}:hist:{name}:{queue}"
-            pipe.hincrby(key, _bucket(value), 1)
-            pipe.hincrbyfloat(key, "sum", value)
-            pipe.hincrby(key, "count", 1)
+        _job_observations(pipe, queue, ok, duration_s, inference_s, images, queued_s)
         pipe.execute()
+
+
+def _job_observations(
+    pipe: Any, queue: str, ok: bool, duration_s: float | None, inference_s: float | None, images: int,
+    queued_s: float | None,
+) -> None:  # fmt: skip
+    pipe.hincrby(f"{PREFIX}:{'finished' if ok else 'failed'}", queue, 1)
+    if images:
+        pipe.hincrby(f"{PREFIX}:images", queue, images)
+    for name, value in (("job_duration", duration_s), ("inference", inference_s), ("queued", queued_s)):
+        if not _usable(value):
+            continue
+        assert value is not None
+        key = f"{PREFIX}:hist:{name}:{queue}"
+        pipe.hincrby(key, _bucket(value), 1)
+        pipe.hincrbyfloat(key, "sum", value)
+        pipe.hincrby(key, "count", 1)
 
 
 #: Seconds between two flushes of the web API's request observations to Redis.
