@@ -67,8 +67,12 @@ def queue_position(job: Job) -> int | None:
     return sum(int(n) for n in lengths) + int(pos) if pos is not None else None
 
 
-def job_status(job: Job, *, refresh: bool = False) -> dict[str, Any]:
-    """Everything a client needs about one job, from two Redis reads."""
+def job_status(job: Job, *, refresh: bool = False, latest: Result | None = None) -> dict[str, Any]:
+    """Everything a client needs about one job, from two Redis reads.
+
+    ``latest``: the job's newest result, already read (a waiter woken by the result stream holds it),
+    which saves the second read for a finished job.
+    """
     if refresh:
         job.refresh()
     state = job.get_status(refresh=False)
@@ -77,7 +81,8 @@ def job_status(job: Job, *, refresh: bool = False) -> dict[str, Any]:
     result = None
     error = None
     if status == JobStatus.FINISHED.value:
-        result = job.return_value(refresh=True)
+        usable = latest is not None and latest.type == Result.Type.SUCCESSFUL
+        result = latest.return_value if usable and latest is not None else job.return_value(refresh=True)
     elif status in (JobStatus.FAILED.value, JobStatus.STOPPED.value):
         latest = job.latest_result()
         exc = latest.exc_string if latest and latest.type != Result.Type.SUCCESSFUL else job._exc_info
@@ -136,7 +141,7 @@ def wait_for(job: Job, timeout: float = 60.0, *, fresh: bool = False) -> dict[st
     ``job`` was just fetched, saving one read.
     """
     deadline = time.monotonic() + max(0.0, timeout)
-    stale = False
+    latest: Result | None = None
     while True:
         if not fresh:
             job.refresh()
@@ -146,14 +151,14 @@ def wait_for(job: Job, timeout: float = 60.0, *, fresh: bool = False) -> dict[st
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        if stale:
+        if latest is not None:
             # The stream answered at once yet the job is not final: an older attempt's result. Do not spin.
             time.sleep(min(0.05, remaining))
         # Block on the result stream in slices, so a cancel (which writes no result) is still noticed.
         # The worker writes the result and the final status in one transaction, so a result that wakes
         # this read is normally the final one and the next refresh sees it at once (no sleep).
-        stale = job.latest_result(timeout=max(1, int(min(remaining, 2.0)))) is not None
-    return job_status(job)
+        latest = job.latest_result(timeout=max(1, int(min(remaining, 2.0))))
+    return job_status(job, latest=latest)
 
 
 def wait_status(job: Job, timeout: float = 60.0, *, fresh: bool = False) -> dict[str, Any]:
