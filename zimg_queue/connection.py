@@ -7,7 +7,8 @@ it (``Settings.with_default_redis`` calls it), so they can never disagree. In or
 1. ``--redis-url`` (any subcommand, before or after its name);
 2. ``ZIMG_REDIS_URL`` from the environment, a ``.env`` file or a Flask ``app.config``;
 3. the private Redis a running ``zimg up`` of this user started (its URL is recorded in
-   ``$ZIMG_DATA_DIR/redis/url``, removed when it stops);
+   ``$ZIMG_DATA_DIR/redis/url``, removed when the last ``zimg up`` using it stops: a second one
+   of the same data folder shares it, see :class:`zimg_queue.redis_server.SharedRedis`);
 4. ``redis://127.0.0.1:6379/0``, with a WARNING: on a shared machine that may be someone
    else's Redis, so the process says so, once, and how to choose.
 
