@@ -50,6 +50,8 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.utils import current_timestamp
 
+from zimg_queue.claims import ClaimingQueue, release_expired_claims
+
 from .job import record_attempt
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,10 @@ def sweep(connection: redis.Redis, queue_names: Iterable[str]) -> int:
     """Re-queue (at the front) or fail every job whose lease has run out; returns how many were found."""
     found = 0
     for name in queue_names:
-        queue = Queue(name, connection=connection, serializer=JSONSerializer)
+        queue = ClaimingQueue(name, connection=connection, serializer=JSONSerializer)
+        for job_id in release_expired_claims(queue):  # dequeued by a worker that died before starting it
+            log.warning("job %s in %s: its worker died between dequeue and start; back at the front", job_id, name)
+            found += 1
         key = StartedJobRegistry(name, connection=connection, serializer=JSONSerializer).key
         entries: list[bytes] = connection.zrangebyscore(key, 0, current_timestamp())  # type: ignore[assignment]
         for entry in entries:

@@ -33,11 +33,12 @@ from urllib.parse import urlsplit
 
 import redis
 import requests
-from rq import Queue, Retry, get_current_job
+from rq import Retry, get_current_job
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from zimg_queue import webhook_targets as targets
+from zimg_queue.claims import ClaimingQueue
 from zimg_queue.metrics import record_job
 from zimg_queue.queue import jittered
 from zimg_queue.request import ValidationError
@@ -103,7 +104,7 @@ def enqueue_delivery(job: Job, connection: redis.Redis, event: str) -> str | Non
     if not url:
         return None
     settings = Settings.from_env()
-    queue = Queue(settings.queue_name("high"), connection=connection, serializer=JSONSerializer)
+    queue = ClaimingQueue(settings.queue_name("high"), connection=connection, serializer=JSONSerializer)
     intervals = _intervals()
     msg_id = f"msg_{uuid.uuid4().hex}"
     delivery = queue.enqueue_call(

@@ -38,6 +38,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
+from zimg_queue.claims import ClaimingQueue, claims_key
 from zimg_queue.connection import connect
 from zimg_queue.settings import Settings
 
@@ -95,12 +96,15 @@ class ZimgWorker(SimpleWorker):
         kwargs.setdefault("maintenance_interval", 30)
         kwargs.setdefault("worker_ttl", 45)
         settings = Settings.from_env()
+        # Dequeue and claim in one step (zimg_queue.claims); a claim lives as long as a lease.
+        kwargs["queue_class"] = ClaimingQueue.with_claim_ttl(lease_ttl or settings.lease_ttl)
         # Job descriptions hold the prompt: customer data, logged only when the operator says so.
         kwargs.setdefault("log_job_description", settings.log_prompts)
         connection = kwargs.get("connection")
         # WorkerPool builds its queues without a serializer: rebuild them so every read is JSON.
         json_queues = [
-            Queue(q if isinstance(q, str) else q.name, connection=connection, serializer=JSONSerializer) for q in queues
+            kwargs["queue_class"](q if isinstance(q, str) else q.name, connection=connection, serializer=JSONSerializer)
+            for q in queues
         ]
         super().__init__(json_queues, *args, **kwargs)
         self.settings = settings
@@ -111,6 +115,7 @@ class ZimgWorker(SimpleWorker):
         self.reaper = Reaper(self.connection, self.queue_names(), self.lease_ttl)
         self.lease = Lease(self, self.lease_ttl)
         self._alive_until = 0.0  # time.monotonic() until which the worker's key is known to live
+        self._claimed_at = 0.0  # time.monotonic() when the job in hand was dequeued (and claimed)
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         """Every started-registry write RQ makes uses the short lease, not ``job_timeout + 60``."""
@@ -153,7 +158,12 @@ class ZimgWorker(SimpleWorker):
         return None
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        """RQ's ``prepare_execution`` and ``prepare_job_execution`` in one transaction instead of two."""
+        """RQ's ``prepare_execution`` and ``prepare_job_execution`` in one transaction instead of two.
+
+        The same transaction ends the job's claim (:mod:`zimg_queue.claims`): from then on the started
+        registry holds it (:meth:`_still_claimed` made sure the claim had not expired).
+        """
+        claim = claims_key(job.origin)
         with self.connection.pipeline() as pipeline:
             heartbeat_ttl = self.get_heartbeat_ttl(job)
             self.execution = Execution.create(job, heartbeat_ttl, pipeline=pipeline, worker_name=self.name)
@@ -164,10 +174,25 @@ class ZimgWorker(SimpleWorker):
             job.heartbeat(now(), heartbeat_ttl, pipeline=pipeline)
             job.prepare_for_execution(self.name, pipeline=pipeline)
             pipeline.persist(job.key)  # RQ's Job.perform does this in a round trip of its own (see ZimgJob)
-            if remove_from_intermediate_queue:
-                pipeline.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+            pipeline.zrem(claim, job.id)
             pipeline.execute()
         self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
+
+    def _still_claimed(self, job: Job) -> bool:
+        """Whether this worker may start ``job``: its claim (:mod:`zimg_queue.claims`) has not expired.
+
+        Normally the job starts milliseconds after its dequeue and nothing is checked. A worker that
+        stalled for half a lease in between renews the claim first (one round trip); a claim already gone
+        means the sweeper gave the job back to its queue for another worker, so this one leaves it.
+        """
+        if time.monotonic() - self._claimed_at <= self.lease_ttl / 2:
+            return True
+        claim = claims_key(job.origin)
+        if self.connection.zadd(claim, {job.id: time.time() + self.lease_ttl}, xx=True, ch=True):
+            return True
+        log.warning("job %s: its claim expired before this worker could start it; another worker runs it", job.id)
+        self.set_state(WorkerStatus.IDLE)
+        return False
 
     def cleanup_execution(self, job: Job, pipeline: Any) -> None:
         """RQ's, plus our writes for the job's end (:mod:`workers.result_writes`) in the same transaction."""
@@ -194,7 +219,9 @@ class ZimgWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
         self.reaper.start()  # here, not in __init__: after the scheduler has forked, and only in a working worker
         self.await_inference()
-        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        found = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        self._claimed_at = time.monotonic()
+        return found
 
     def await_inference(self) -> None:
         """Take no job while the shared breaker says the inference server is down (see :mod:`workers.outage`)."""
@@ -226,6 +253,8 @@ class ZimgWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         STOP.clear()
         self.prepare_execution(job)
+        if not self._still_claimed(job):
+            return
         attempt = len(job.meta.get("attempts", [])) + 1  # this execution's number, whatever it records
         self.lease.hold(job)
         RESULT_WRITES.open()

@@ -19,6 +19,7 @@ from rq.exceptions import DuplicateJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from .claims import ClaimingQueue
 from .connection import shared
 from .idempotency import META_KEY as IDEMPOTENCY_META
 from .idempotency import check_same, fingerprint
@@ -67,7 +68,7 @@ class Producer:
 
     def queue(self, priority: str = "normal") -> Queue:
         name = self.settings.queue_name(priority)
-        return Queue(name, connection=self.connection, serializer=self.serializer)
+        return ClaimingQueue(name, connection=self.connection, serializer=self.serializer)
 
     def validate(self, request: RequestLike, **fields: Any) -> GenerateRequest:
         """A :class:`GenerateRequest` from a prompt string, a dict or a request, plus field overrides."""

@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from croniter import croniter
-from rq import Queue, cron_job_registry
+from rq import cron_job_registry
 from rq.cron import CronJob, CronScheduler
 from rq.defaults import DEFAULT_CRON_JOB_HISTORY_LIMIT, DEFAULT_CRON_JOB_HISTORY_TTL
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from .claims import ClaimingQueue
 from .presets import PresetError, PresetFile, load_presets
 from .settings import PRIORITIES, Settings
 
@@ -140,7 +141,7 @@ class JsonCronJob(CronJob):
     def enqueue(self, connection: Any) -> Job:
         """``CronJob.enqueue`` (rq 2.12) with a JSON queue: enqueue and record history in one round trip."""
         assert self.func is not None
-        queue = Queue(self.queue_name, connection=connection, serializer=JSONSerializer)
+        queue = ClaimingQueue(self.queue_name, connection=connection, serializer=JSONSerializer)
         with connection.pipeline() as pipe:
             job = queue.enqueue(self.func, *self.args, **self.kwargs, **self.job_options, pipeline=pipe)
             stamp = job.enqueued_at.timestamp() if job.enqueued_at else time.time()

@@ -33,6 +33,7 @@ from rq.registry import (
 )
 from rq.serializers import JSONSerializer
 
+from ..claims import ClaimingQueue
 from .body import ApiError
 from .extension import get_state
 from .origin import check_origin
@@ -59,7 +60,7 @@ def _our_queue(name: str) -> Queue:
     state = get_state()
     if name not in state.settings.queue_names:
         raise ApiError(404, "not_found", f"no zimg-queue queue named {name!r} (this dashboard acts on ours only)")
-    return Queue(name, connection=state.producer.connection, serializer=JSONSerializer)
+    return ClaimingQueue(name, connection=state.producer.connection, serializer=JSONSerializer)
 
 
 def _our_job(job_id: str) -> Job:
