@@ -89,6 +89,9 @@ class ZimgJob(Job):
 class ZimgWorker(SimpleWorker):
     """A ``SimpleWorker`` that speaks JSON, holds a lease on its job and can stop the job it runs."""
 
+    #: One line ends each job: our ``job_finished`` (:func:`log_job_end`), not also RQ's "result is kept for".
+    log_result_lifespan = False
+
     def __init__(self, queues: Iterable[str | Queue], *args, lease_ttl: int | None = None, **kwargs):
         kwargs["serializer"] = JSONSerializer
         kwargs["job_class"] = ZimgJob  # WorkerPool passes RQ's Job explicitly
@@ -193,6 +196,47 @@ class ZimgWorker(SimpleWorker):
         log.warning("job %s: its claim expired before this worker could start it; another worker runs it", job.id)
         self.set_state(WorkerStatus.IDLE)
         return False
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
+        """RQ's, in one round trip: no ``WATCH`` and ``SMEMBERS`` of the job's dependents before the result.
+
+        RQ watches the dependents set so that a dependent added while the result is written is enqueued
+        too. Here the same transaction reads the set (``SMEMBERS`` inside ``MULTI``, so it is exactly the
+        set at the moment the job became ``finished``), and the dependents, if any, are enqueued right
+        after by RQ's own ``enqueue_dependents``, off the waiting client's path. A dependent registered
+        after the transaction sees the job ``finished`` and is enqueued by RQ at once (RQ watches the
+        dependency's status when it registers one). Generate jobs never have dependents; other RQ jobs
+        on these queues keep RQ's behaviour.
+        """
+        with self.connection.pipeline() as pipeline:
+            self.increment_successful_job_count(pipeline=pipeline)
+            assert job.started_at is not None and job.ended_at is not None
+            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+            result_ttl = job.get_result_ttl(self.default_result_ttl)
+            if result_ttl != 0:
+                job._handle_success(
+                    result_ttl,
+                    pipeline=pipeline,
+                    worker_name=self.name,
+                    execution_id=self.execution.id if self.execution else None,
+                    execution_started_at=self.execution.created_at if self.execution else None,
+                    execution_ended_at=job.ended_at,
+                )
+            if job.repeats_left is not None and job.repeats_left > 0:
+                from rq.repeat import Repeat
+
+                Repeat.schedule(job, queue, pipeline=pipeline)
+            else:
+                job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+            self.cleanup_execution(job, pipeline=pipeline)
+            # What RQ writes in round trips of its own once the job is done (a heartbeat, the idle state),
+            # here at no cost; the calls RQ makes later then find nothing to do.
+            self.heartbeat(pipeline=pipeline)
+            self.set_state(WorkerStatus.IDLE, pipeline=pipeline)
+            pipeline.smembers(job.dependents_key)
+            *_, dependents = pipeline.execute()
+        if dependents:
+            queue.enqueue_dependents(job)
 
     def cleanup_execution(self, job: Job, pipeline: Any) -> None:
         """RQ's, plus our writes for the job's end (:mod:`workers.result_writes`) in the same transaction."""
