@@ -32,3 +32,15 @@ def test_quick_benchmark_runs_and_reports_every_scenario(tmp_path: Path) -> None
         assert result["rows"], f"{name} reported no figures"
         for row in result["rows"]:
             assert {"metric", "value", "baseline", "ratio"} <= set(row)
+
+
+def test_comparing_two_checkouts_runs() -> None:
+    """``python -m benchmarks.compare_refs``: two whole stacks (one from a git worktree) answer, then go away."""
+    from benchmarks import compare_refs
+
+    before = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    report = compare_refs.run("HEAD", jobs=3, warmup=1)
+    for side in ("ref", "this checkout"):
+        assert report[side]["api_ms"]["p50"] > 0 and report[side]["direct_ms"]["p50"] > 0
+    after = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    assert after == before  # its worktree is removed again
