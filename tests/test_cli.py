@@ -183,3 +183,45 @@ def test_batch_json_prints_the_manifest(stack, tmp_path):
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["counts"] == {"finished": 2} and [r["item"] for r in data["rows"]] == ["line 1", "line 3"]
+
+
+def test_closing_the_terminal_of_zimg_up_stops_its_private_redis_too(tmp_path):
+    """A terminal that closes sends SIGHUP to its processes. `zimg up` stops its stack on it as on Ctrl-C.
+
+    Its private Redis runs in a session of its own (so that another `zimg up` of the same folder can keep using
+    it): before, SIGHUP killed `zimg up` outright and left that redis-server running with nobody to stop it.
+    """
+    import signal
+    import time
+
+    from zimg_queue.redis_server import answers
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
+    env.update(ZIMG_DATA_DIR=str(tmp_path / "data"), ZIMG_IMAGE_DIR=str(tmp_path / "images"), PYTHONUNBUFFERED="1")
+    args = ["up", "--web-port", str(free_port()), "--inference-port", str(free_port()), "--workers", "1"]
+    log = tmp_path / "up.log"
+    with log.open("w") as out:  # a file, not a pipe: a child left running would keep a pipe open forever
+        up = subprocess.Popen([sys.executable, "-m", "zimg_queue.cli", *args], env=env, cwd=ROOT, stdout=out,
+                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    record = tmp_path / "data" / "redis" / "url"
+    url = None
+    try:
+        deadline = time.monotonic() + 90
+        while "stack is up" not in log.read_text():
+            assert up.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        url = record.read_text().strip()
+        assert answers(url)
+        os.killpg(up.pid, signal.SIGHUP)  # the terminal went away
+        assert up.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert not answers(url) and not record.exists()
+    finally:
+        try:  # whatever of the stack is left (before the fix: gunicorn, which takes SIGHUP as "reload")
+            os.killpg(up.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        up.wait()
+        if url and answers(url):
+            import redis
+
+            redis.Redis.from_url(url).shutdown(nosave=True)

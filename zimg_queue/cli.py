@@ -153,6 +153,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, on_signal)
+    # A closed terminal sends SIGHUP: stop the stack as on Ctrl-C. Left to its default, zimg up died at once and
+    # left its private Redis (in a session of its own) running, and gunicorn (SIGHUP: reload) too.
+    signal.signal(signal.SIGHUP, on_signal)
     try:
         stack.start()
         for name, url in () if args.demo else stack.urls().items():  # the demo's servers stop with it: no URLs
