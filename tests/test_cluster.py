@@ -55,8 +55,8 @@ FINISHED_BEFORE_KILL = 2
 #: The h200-512 simulator estimate (workers/inference/backends/sim_profiles.py): t(B) = 0.11 + 0.16 B seconds.
 SIM_LATENCY = {"ZIMG_SIM_LATENCY_A": "0.11", "ZIMG_SIM_LATENCY_B": "0.16"}
 #: gpu1 simulates a slower GPU (2.5 s an image), so that when it dies both its workers are inside a job, which is
-#: what this test is about. A host dying in the few milliseconds between a worker's dequeue (RQ's BLPOP over three
-#: queues) and the job's start loses that job: a known gap, named in the README ("What happens when…").
+#: what this test is about. A host dying in the milliseconds between a worker's dequeue and the job's start is
+#: tests/test_claims.py's (the dequeue claims the job, and an expired claim puts it back at the front of its queue).
 VICTIM_LATENCY = {"ZIMG_SIM_LATENCY_A": "2.5", "ZIMG_SIM_LATENCY_B": "0"}
 
 
