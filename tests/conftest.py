@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -271,3 +274,41 @@ def web_app(settings: Settings, producer: Producer):
         return app
 
     return build
+
+
+@contextmanager
+def round_trips(thread: int | None = None) -> Iterator[list[tuple[str, ...]]]:
+    """Every round trip this process makes to Redis (only ``thread``'s, when given), in order: one tuple of command
+    names per trip. Counting them is how tests hold the queue's overhead down without timing anything."""
+    from redis.client import Pipeline
+
+    trips: list[tuple[str, ...]] = []
+    plain, immediate, execute = redis.Redis.execute_command, Pipeline.immediate_execute_command, Pipeline.execute
+
+    def mine() -> bool:
+        return thread is None or threading.get_ident() == thread
+
+    def plain_cmd(self, *args: Any, **kwargs: Any) -> Any:
+        if mine():
+            trips.append((str(args[0]).upper(),))
+        return plain(self, *args, **kwargs)
+
+    def immediate_cmd(self, *args: Any, **kwargs: Any) -> Any:
+        if mine():
+            trips.append((str(args[0]).upper(),))
+        return immediate(self, *args, **kwargs)
+
+    def pipeline_execute(self, *args: Any, **kwargs: Any) -> Any:
+        if self.command_stack and mine():
+            trips.append(tuple(str(c[0][0]).upper() for c in self.command_stack))
+        return execute(self, *args, **kwargs)
+
+    redis.Redis.execute_command = plain_cmd  # type: ignore[method-assign]
+    Pipeline.immediate_execute_command = immediate_cmd  # type: ignore[method-assign]
+    Pipeline.execute = pipeline_execute  # type: ignore[method-assign]
+    try:
+        yield trips
+    finally:
+        redis.Redis.execute_command = plain  # type: ignore[method-assign]
+        Pipeline.immediate_execute_command = immediate  # type: ignore[method-assign]
+        Pipeline.execute = execute  # type: ignore[method-assign]

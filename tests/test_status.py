@@ -45,3 +45,42 @@ def test_http_wait_says_when_it_ran_out(web_app, producer: Producer):
     assert "timed_out" not in client.get(f"/v1/jobs/{job_id}").json
     client.delete(f"/v1/jobs/{job_id}")
     assert client.get(f"/v1/jobs/{job_id}?wait=1").json["timed_out"] is False
+
+
+def test_a_waiting_client_reads_the_status_in_the_trip_that_wakes_it(producer: Producer, redis_conn):
+    """Issue 14 point 8: between the worker's result and the waiting client's answer, no extra round trip.
+
+    The wait blocks on the job's result stream and reads the job's hash in the same pipeline (Redis runs
+    the read the moment the blocking one returns), so the wake-up brings everything the status needs.
+    """
+    import threading
+
+    from rq.job import JobStatus
+
+    from tests.conftest import round_trips
+
+    job_id = producer.enqueue("waited on", width=64, height=64)
+    done: dict = {}
+    ready = threading.Event()
+
+    def wait() -> None:
+        with round_trips(thread=threading.get_ident()) as trips:
+            ready.set()
+            done["status"] = producer.wait(job_id, timeout=10)
+        done["trips"] = trips
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    ready.wait(5)
+    time.sleep(0.3)  # the waiter is blocked on the result stream by now
+    job = producer.fetch(job_id)  # the job ends as a worker would end it: status and result in one transaction
+    with redis_conn.pipeline() as pipe:
+        job.set_status(JobStatus.FINISHED, pipeline=pipe)
+        job._result = {"path": "/tmp/x.png"}
+        job._handle_success(60, pipeline=pipe)
+        pipe.execute()
+    waiter.join(10)
+    assert done["status"]["status"] == "finished" and done["status"]["result"] == {"path": "/tmp/x.png"}
+    first, *rest = done["trips"]
+    assert first == ("HGETALL",)  # the job, once
+    assert rest and all(set(trip) == {"XREAD", "HGETALL"} for trip in rest), rest

@@ -8,47 +8,9 @@ becoming visible to a waiting client, every round trip is latency the client pay
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
-import redis
-from redis.client import Pipeline
-
+from tests.conftest import round_trips
 from zimg_queue.queue import Producer
-
-
-@contextmanager
-def round_trips() -> Iterator[list[tuple[str, ...]]]:
-    """Every round trip this process makes to Redis, in order: one tuple of command names per trip."""
-    trips: list[tuple[str, ...]] = []
-    plain, immediate, execute = Redis_execute, Pipeline.immediate_execute_command, Pipeline.execute
-
-    def plain_cmd(self, *args: Any, **kwargs: Any) -> Any:
-        trips.append((str(args[0]).upper(),))
-        return plain(self, *args, **kwargs)
-
-    def immediate_cmd(self, *args: Any, **kwargs: Any) -> Any:
-        trips.append((str(args[0]).upper(),))
-        return immediate(self, *args, **kwargs)
-
-    def pipeline_execute(self, *args: Any, **kwargs: Any) -> Any:
-        if self.command_stack:
-            trips.append(tuple(str(c[0][0]).upper() for c in self.command_stack))
-        return execute(self, *args, **kwargs)
-
-    redis.Redis.execute_command = plain_cmd  # type: ignore[method-assign]
-    Pipeline.immediate_execute_command = immediate_cmd  # type: ignore[method-assign]
-    Pipeline.execute = pipeline_execute  # type: ignore[method-assign]
-    try:
-        yield trips
-    finally:
-        redis.Redis.execute_command = plain  # type: ignore[method-assign]
-        Pipeline.immediate_execute_command = immediate  # type: ignore[method-assign]
-        Pipeline.execute = execute  # type: ignore[method-assign]
-
-
-Redis_execute = redis.Redis.execute_command
 
 
 def _run_burst(procs, redis_conn, monkeypatch, jobs: int) -> tuple[list[str], list[tuple[str, ...]]]:

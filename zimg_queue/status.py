@@ -13,8 +13,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from rq.command import send_stop_job_command
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
+from rq.utils import as_text
 
 from .settings import PRIORITIES
 
@@ -137,15 +139,16 @@ def wait_for(job: Job, timeout: float = 60.0, *, fresh: bool = False) -> dict[st
     """Block until the job is final or ``timeout`` seconds pass, then return its status.
 
     Waits on RQ's result stream (``XREAD BLOCK``), so a finished job is seen the
-    moment its worker writes the result, with no polling sleep. ``fresh`` says
+    moment its worker writes the result, with no polling sleep. The job's hash is read
+    in the same pipeline: Redis runs that read the moment the blocking one returns, so
+    the wake-up brings the whole status, with no round trip after it. ``fresh`` says
     ``job`` was just fetched, saving one read.
     """
     deadline = time.monotonic() + max(0.0, timeout)
     latest: Result | None = None
+    if not fresh:
+        job.refresh()
     while True:
-        if not fresh:
-            job.refresh()
-        fresh = False
         if job.get_status(refresh=False) in FINAL:
             break
         remaining = deadline - time.monotonic()
@@ -155,10 +158,25 @@ def wait_for(job: Job, timeout: float = 60.0, *, fresh: bool = False) -> dict[st
             # The stream answered at once yet the job is not final: an older attempt's result. Do not spin.
             time.sleep(min(0.05, remaining))
         # Block on the result stream in slices, so a cancel (which writes no result) is still noticed.
-        # The worker writes the result and the final status in one transaction, so a result that wakes
-        # this read is normally the final one and the next refresh sees it at once (no sleep).
-        latest = job.latest_result(timeout=max(1, int(min(remaining, 2.0))))
+        # The worker writes the result and the final status in one transaction, so the hash read right
+        # after a result woke this read is normally final already.
+        latest = _wait_and_read(job, max(1, int(min(remaining, 2.0))))
     return job_status(job, latest=latest)
+
+
+def _wait_and_read(job: Job, block_s: int) -> Result | None:
+    """The job's newest result (waiting up to ``block_s`` for one), and ``job`` refreshed, in one round trip."""
+    with job.connection.pipeline(transaction=False) as pipe:
+        pipe.xread({Result.get_key(job.id): "0-0"}, block=block_s * 1000)
+        pipe.hgetall(job.key)
+        streams, fields = pipe.execute()
+    if not fields:
+        raise NoSuchJobError(f"No such job: {job.key!r}")
+    job.restore(fields)
+    if not streams:
+        return None
+    result_id, payload = streams[0][1][-1]  # the stream's newest entry, as RQ's Result.fetch_latest takes it
+    return Result.restore(job.id, as_text(result_id), payload, connection=job.connection, serializer=job.serializer)
 
 
 def wait_status(job: Job, timeout: float = 60.0, *, fresh: bool = False) -> dict[str, Any]:
