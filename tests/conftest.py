@@ -312,3 +312,26 @@ def round_trips(thread: int | None = None) -> Iterator[list[tuple[str, ...]]]:
         redis.Redis.execute_command = plain  # type: ignore[method-assign]
         Pipeline.immediate_execute_command = immediate  # type: ignore[method-assign]
         Pipeline.execute = execute  # type: ignore[method-assign]
+
+
+@contextmanager
+def in_process_worker(procs: Processes, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The world of a ``ZimgWorker`` run in the test's own process: a zero-latency sim inference server, the
+    stack's ``ZIMG_*`` settings in the environment, a fresh per-process job context, and afterwards the signal
+    handlers RQ installs put back."""
+    import signal
+
+    from workers import job as job_module
+
+    procs.inference(latency_a="0", latency_b="0")
+    for key, value in procs.env().items():
+        if key.startswith("ZIMG_"):
+            monkeypatch.setenv(key, value)
+    job_module.context.cache_clear()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        job_module.context.cache_clear()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

@@ -23,6 +23,7 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from tests.conftest import in_process_worker
 from workers.outage import outage_key
 from zimg_queue.connection import connect
 from zimg_queue.queue import Producer
@@ -337,32 +338,21 @@ def test_disk_full_fails_the_job_clearly_and_leaves_no_partial_file(procs: Proce
     Changed setting: retry intervals of 0, because this in-process burst worker runs no scheduler (a
     non-zero interval needs one); the shipped intervals are test_5xx_is_retried_with_exponential_backoff's.
     """
-    from workers import job as job_module
     from workers import storage
     from workers.worker import ZimgWorker
 
-    procs.inference(latency_a="0", latency_b="0")
     settings = procs.settings
-    for key, value in procs.env().items():
-        if key.startswith("ZIMG_"):
-            monkeypatch.setenv(key, value)
-    job_module.context.cache_clear()
     written: list[str] = []
 
     def full_disk(fd: int) -> None:
         written.extend(p.name for p in Path(settings.images_path).glob("*.part"))  # the temp file was there...
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(storage.os, "fsync", full_disk)
-    producer = Producer(redis_conn, settings.with_(retry_intervals=(0.0, 0.0, 0.0)))
-    job_id = producer.enqueue("disk full", width=64, height=64)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with in_process_worker(procs, monkeypatch):
+        monkeypatch.setattr(storage.os, "fsync", full_disk)
+        producer = Producer(redis_conn, settings.with_(retry_intervals=(0.0, 0.0, 0.0)))
+        job_id = producer.enqueue("disk full", width=64, height=64)
         ZimgWorker(settings.queue_names, connection=redis_conn).work(burst=True)
-    finally:
-        job_module.context.cache_clear()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     status = producer.status(job_id)
     assert status["status"] == "failed"
     assert "No space left on device" in status["error"]

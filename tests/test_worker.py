@@ -7,34 +7,20 @@ becoming visible to a waiting client, every round trip is latency the client pay
 
 from __future__ import annotations
 
-import signal
-
-from tests.conftest import round_trips
+from tests.conftest import in_process_worker, round_trips
 from zimg_queue.queue import Producer
 
 
 def _run_burst(procs, redis_conn, monkeypatch, jobs: int) -> tuple[list[str], list[tuple[str, ...]]]:
     """``jobs`` generate jobs run by an in-process ``ZimgWorker`` (burst) against a real sim server."""
-    from workers import job as job_module
     from workers.worker import ZimgWorker
 
-    procs.inference(latency_a="0", latency_b="0")
-    settings = procs.settings
-    for key, value in procs.env().items():
-        if key.startswith("ZIMG_"):
-            monkeypatch.setenv(key, value)
-    job_module.context.cache_clear()
-    producer = Producer(redis_conn, settings)
-    ids = [producer.enqueue("round trips", width=64, height=64, seed=i) for i in range(jobs)]
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    worker = ZimgWorker(settings.queue_names, connection=redis_conn)
-    try:
+    with in_process_worker(procs, monkeypatch):
+        producer = Producer(redis_conn, procs.settings)
+        ids = [producer.enqueue("round trips", width=64, height=64, seed=i) for i in range(jobs)]
+        worker = ZimgWorker(procs.settings.queue_names, connection=redis_conn)
         with round_trips() as trips:
             worker.work(burst=True)
-    finally:
-        job_module.context.cache_clear()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     assert [producer.status(i)["status"] for i in ids] == ["finished"] * jobs
     return ids, trips
 
@@ -111,23 +97,12 @@ def test_a_plain_rq_worker_still_records_the_metrics_at_once(procs, redis_conn, 
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
 
-    from workers import job as job_module
     from zimg_queue.metrics import PREFIX
 
-    procs.inference(latency_a="0", latency_b="0")
-    for key, value in procs.env().items():
-        if key.startswith("ZIMG_"):
-            monkeypatch.setenv(key, value)
-    job_module.context.cache_clear()
-    producer = Producer(redis_conn, procs.settings)
-    job_id = producer.enqueue("plain worker", width=64, height=64)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with in_process_worker(procs, monkeypatch):
+        producer = Producer(redis_conn, procs.settings)
+        job_id = producer.enqueue("plain worker", width=64, height=64)
         SimpleWorker(procs.settings.queue_names, connection=redis_conn, serializer=JSONSerializer).work(burst=True)
-    finally:
-        job_module.context.cache_clear()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     status = producer.status(job_id)
     assert status["status"] == "finished" and status["progress"]["stage"] == "done"
     assert int(redis_conn.hget(f"{PREFIX}:finished", "zimg-normal") or 0) == 1
@@ -138,26 +113,15 @@ def test_a_job_that_depends_on_a_generate_job_is_enqueued_when_it_finishes(procs
     from rq import Queue
     from rq.serializers import JSONSerializer
 
-    from workers import job as job_module
     from workers.worker import ZimgWorker
 
-    procs.inference(latency_a="0", latency_b="0")
-    for key, value in procs.env().items():
-        if key.startswith("ZIMG_"):
-            monkeypatch.setenv(key, value)
-    job_module.context.cache_clear()
-    producer = Producer(redis_conn, procs.settings)
-    parent = producer.enqueue("a parent", width=64, height=64)
-    theirs = Queue("their-app", connection=redis_conn, serializer=JSONSerializer)  # not a queue our workers run
-    child = theirs.enqueue_call("os.getcwd", depends_on=parent)
-    assert theirs.job_ids == []  # deferred until its parent finishes
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with in_process_worker(procs, monkeypatch):
+        producer = Producer(redis_conn, procs.settings)
+        parent = producer.enqueue("a parent", width=64, height=64)
+        theirs = Queue("their-app", connection=redis_conn, serializer=JSONSerializer)  # not a queue our workers run
+        child = theirs.enqueue_call("os.getcwd", depends_on=parent)
+        assert theirs.job_ids == []  # deferred until its parent finishes
         ZimgWorker(procs.settings.queue_names, connection=redis_conn).work(burst=True)
-    finally:
-        job_module.context.cache_clear()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     assert producer.status(parent)["status"] == "finished"
     assert theirs.job_ids == [child.id]
 
