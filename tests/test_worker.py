@@ -138,3 +138,35 @@ def test_few_round_trips_between_a_result_and_the_next_dequeue(procs, redis_conn
         # RQ's suspension check and the inference breaker's; RQ's own worker made 6 more here (two heartbeats of
         # two commands each and two writes of the idle state).
         assert len(between) <= 2, "\n".join(map(str, between))
+
+
+def test_a_warm_shutdown_during_the_result_transaction_still_finishes_the_job(procs, redis_conn, monkeypatch):
+    """SIGINT/SIGTERM while the worker writes a job's result: the job ends ``finished`` and the worker then stops.
+
+    RQ raises ``StopRequested`` at once when the worker's state says idle. The result transaction also writes the
+    idle state, and once set the worker's own state said idle before the transaction had run: a stop signal
+    arriving then broke the transaction (the job went back for a retry) and left the worker running, an orphan
+    once its pool gave up on it (seen with `zimg up --demo`).
+    """
+    import signal
+
+    from redis.client import Pipeline
+
+    from workers.worker import ZimgWorker
+
+    execute = Pipeline.execute
+    with in_process_worker(procs, monkeypatch):
+        producer = Producer(redis_conn, procs.settings)
+        job_id = producer.enqueue("stopped while saving", width=64, height=64)
+        worker = ZimgWorker(procs.settings.queue_names, connection=redis_conn)
+
+        def stop_on_the_result(self, *args, **kwargs):
+            if any(c[0][0] == "XADD" for c in self.command_stack):
+                worker.request_stop(signal.SIGINT, None)  # the signal lands here
+            return execute(self, *args, **kwargs)
+
+        monkeypatch.setattr(Pipeline, "execute", stop_on_the_result)
+        worker.work()  # not burst: only the stop request ends it
+    status = producer.status(job_id)
+    assert status["status"] == "finished", status
+    assert status["attempts"] == []

@@ -119,6 +119,7 @@ class ZimgWorker(SimpleWorker):
         self.lease = Lease(self, self.lease_ttl)
         self._alive_until = 0.0  # time.monotonic() until which the worker's key is known to live
         self._claimed_at = 0.0  # time.monotonic() when the job in hand was dequeued (and claimed)
+        self._idle_written = False  # the job's result transaction wrote the idle state (handle_job_success)
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         """Every started-registry write RQ makes uses the short lease, not ``job_timeout + 60``."""
@@ -230,11 +231,14 @@ class ZimgWorker(SimpleWorker):
                 job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
             self.cleanup_execution(job, pipeline=pipeline)
             # What RQ writes in round trips of its own once the job is done (a heartbeat, the idle state),
-            # here at no cost; the calls RQ makes later then find nothing to do.
+            # here at no cost; the calls RQ makes later then find nothing to do. The idle state is written
+            # without set_state, which would say "idle" at once: RQ answers a stop signal that finds the worker
+            # idle by raising StopRequested on the spot, and that must not break this transaction.
             self.heartbeat(pipeline=pipeline)
-            self.set_state(WorkerStatus.IDLE, pipeline=pipeline)
+            pipeline.hset(self.key, "state", WorkerStatus.IDLE)
             pipeline.smembers(job.dependents_key)
             *_, dependents = pipeline.execute()
+        self._idle_written = True  # execute_job says "idle" once the job is over, without writing it again
         if dependents:
             queue.enqueue_dependents(job)
 
@@ -296,6 +300,7 @@ class ZimgWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         STOP.clear()
+        self._idle_written = False
         self.prepare_execution(job)
         if not self._still_claimed(job):
             return
@@ -311,7 +316,10 @@ class ZimgWorker(SimpleWorker):
             log_job_end(job, queue, attempt, log_prompts=self.settings.log_prompts)
         except Exception:  # a log line must never cost a job
             log.warning("could not log the end of job %s", job.id, exc_info=True)
-        self.set_state(WorkerStatus.IDLE)
+        if self._idle_written:
+            self._state = WorkerStatus.IDLE  # the result transaction wrote it
+        else:
+            self.set_state(WorkerStatus.IDLE)
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
         """The job function returned: stop renewing before RQ writes the result and drops the lease."""
