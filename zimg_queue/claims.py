@@ -147,7 +147,8 @@ class ClaimingQueue(Queue):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DequeueTimeout(timeout, [q.key for q in queues])
-            connection.blpop([wake_key(q.name) for q in queues], min(WAKE_POLL_S, remaining))
+            # Never 0 (Redis would block for ever), nor a float Python writes in exponent notation.
+            connection.blpop([wake_key(q.name) for q in queues], round(max(0.01, min(WAKE_POLL_S, remaining)), 3))
 
 
 @cache
