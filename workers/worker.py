@@ -5,9 +5,15 @@ its time waiting on HTTP, so forking a work horse per job (about 10 ms here)
 would only add latency. Several processes run side by side through RQ's
 ``WorkerPool`` so the inference server has several requests to batch.
 
-A job holds a short lease while it runs (:mod:`workers.lease`), so a worker
-that is SIGKILLed loses its job to another worker within about ``lease_ttl``
-seconds instead of RQ's default of many minutes.
+A job is claimed in the same step that dequeues it (:mod:`zimg_queue.claims`) and
+holds a short lease while it runs (:mod:`workers.lease`), so a worker that is
+SIGKILLed, between dequeue and start or mid-job, loses its job to another worker
+within about ``lease_ttl`` seconds instead of losing it for good (RQ's multi-queue
+``BLPOP``) or holding it for many minutes (RQ's started registry).
+
+Several of RQ's methods are overridden only to send the same Redis writes in fewer
+round trips (issue 14 point 8; ``tests/test_worker.py`` counts them). That relies on
+RQ 2.x internals, which is one reason ``rq<3`` is pinned.
 
 While the inference server is down, workers take no job (:mod:`workers.outage`):
 the backlog waits in its queue instead of spending its retries.
