@@ -33,9 +33,7 @@ class ResultWrites(threading.local):
     def add(self, connection: redis.Redis, write: Write) -> None:
         """Run ``write`` in the closing transaction of this thread's job, or now when none is open."""
         if self.pending is None:
-            with connection.pipeline(transaction=False) as pipe:
-                write(pipe)
-                pipe.execute()
+            _run_now(connection, [write])
         else:
             self.pending.append(write)
 
@@ -50,10 +48,14 @@ class ResultWrites(threading.local):
         pending, applied = self.pending, self.applied
         self.pending, self.applied = None, False
         if pending and not applied:
-            with connection.pipeline(transaction=False) as pipe:
-                for write in pending:
-                    write(pipe)
-                pipe.execute()
+            _run_now(connection, pending)
+
+
+def _run_now(connection: redis.Redis, writes: list[Write]) -> None:
+    with connection.pipeline(transaction=False) as pipe:
+        for write in writes:
+            write(pipe)
+        pipe.execute()
 
 
 RESULT_WRITES = ResultWrites()

@@ -105,8 +105,9 @@ class ZimgWorker(SimpleWorker):
         kwargs.setdefault("maintenance_interval", 30)
         kwargs.setdefault("worker_ttl", 45)
         settings = Settings.from_env()
+        lease_ttl = lease_ttl or settings.lease_ttl
         # Dequeue and claim in one step (zimg_queue.claims); a claim lives as long as a lease.
-        kwargs["queue_class"] = ClaimingQueue.with_claim_ttl(lease_ttl or settings.lease_ttl)
+        kwargs["queue_class"] = ClaimingQueue.with_claim_ttl(lease_ttl)
         # Job descriptions hold the prompt: customer data, logged only when the operator says so.
         kwargs.setdefault("log_job_description", settings.log_prompts)
         connection = kwargs.get("connection")
@@ -117,7 +118,7 @@ class ZimgWorker(SimpleWorker):
         ]
         super().__init__(json_queues, *args, **kwargs)
         self.settings = settings
-        self.lease_ttl = lease_ttl or settings.lease_ttl
+        self.lease_ttl = lease_ttl
         # A worker SIGKILLed mid-write leaves a temporary file: its replacement removes it.
         ImageStore(settings.images_path).remove_orphans()
         self.push_exc_handler(record_worker_death)  # RQ's own maintenance cleanup records deaths too
@@ -201,8 +202,7 @@ class ZimgWorker(SimpleWorker):
         if self.connection.zadd(claim, {job.id: time.time() + self.lease_ttl}, xx=True, ch=True):
             return True
         log.warning("job %s: its claim expired before this worker could start it; another worker runs it", job.id)
-        self.set_state(WorkerStatus.IDLE)
-        return False
+        return False  # still idle: nothing was written for this job
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry) -> None:
         """RQ's, in one round trip: no ``WATCH`` and ``SMEMBERS`` of the job's dependents before the result.

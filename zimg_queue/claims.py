@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from functools import cache
 from typing import Any
 
 import redis
@@ -149,11 +148,6 @@ class ClaimingQueue(Queue):
                 raise DequeueTimeout(timeout, [q.key for q in queues])
             # Never 0 (Redis would block for ever), nor a float Python writes in exponent notation.
             connection.blpop([wake_key(q.name) for q in queues], round(max(0.01, min(WAKE_POLL_S, remaining)), 3))
-
-
-@cache
-def _with_claim_ttl(cls: type[ClaimingQueue], claim_ttl: float) -> type[ClaimingQueue]:
-    return type(cls.__name__, (cls,), {"claim_ttl": claim_ttl})
 
 
 def pop_and_claim(

@@ -83,8 +83,10 @@ def job_status(job: Job, *, refresh: bool = False, latest: Result | None = None)
     result = None
     error = None
     if status == JobStatus.FINISHED.value:
-        usable = latest is not None and latest.type == Result.Type.SUCCESSFUL
-        result = latest.return_value if usable and latest is not None else job.return_value(refresh=True)
+        if latest is not None and latest.type == Result.Type.SUCCESSFUL:
+            result = latest.return_value
+        else:
+            result = job.return_value(refresh=True)
     elif status in (JobStatus.FAILED.value, JobStatus.STOPPED.value):
         latest = job.latest_result()
         exc = latest.exc_string if latest and latest.type != Result.Type.SUCCESSFUL else job._exc_info
