@@ -198,7 +198,7 @@ def test_closing_the_terminal_of_zimg_up_stops_its_private_redis_too(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
     env.update(ZIMG_DATA_DIR=str(tmp_path / "data"), ZIMG_IMAGE_DIR=str(tmp_path / "images"), PYTHONUNBUFFERED="1")
-    args = ["up", "--web-port", str(free_port()), "--inference-port", str(free_port()), "--workers", "1"]
+    args = ["up", "--web-port", str(free_port()), "--inference-port", str(free_port())]  # shipped defaults otherwise
     log = tmp_path / "up.log"
     with log.open("w") as out:  # a file, not a pipe: a child left running would keep a pipe open forever
         up = subprocess.Popen([sys.executable, "-m", "zimg_queue.cli", *args], env=env, cwd=ROOT, stdout=out,
