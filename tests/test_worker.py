@@ -126,8 +126,12 @@ def test_a_job_that_depends_on_a_generate_job_is_enqueued_when_it_finishes(procs
     assert theirs.job_ids == [child.id]
 
 
-def test_few_round_trips_between_a_result_and_the_next_dequeue(procs, redis_conn, monkeypatch):
-    """The worker's way back to the queue: a sequential client's next job waits for it on a busy box."""
+def test_no_round_trip_between_a_result_and_the_next_dequeue(procs, redis_conn, monkeypatch):
+    """The worker's way back to the queue: a sequential client's next job waits for it on a busy box.
+
+    What the loop reads before its next dequeue (RQ's suspension flag, the inference breaker, whether a
+    queue holds a job) rides in the result's transaction.
+    """
     ids, trips = _run_burst(procs, redis_conn, monkeypatch, jobs=3)
     results = [i for i, trip in enumerate(trips) if "XADD" in trip]
     dequeues = [i for i, trip in enumerate(trips) if trip == ("EVALSHA",)]
@@ -135,9 +139,58 @@ def test_few_round_trips_between_a_result_and_the_next_dequeue(procs, redis_conn
     for end in results[:-1]:
         nxt = min(i for i in dequeues if i > end)
         between = trips[end + 1 : nxt]
-        # RQ's suspension check and the inference breaker's; RQ's own worker made 6 more here (two heartbeats of
-        # two commands each and two writes of the idle state).
-        assert len(between) <= 2, "\n".join(map(str, between))
+        # RQ's own worker made 8 here (a suspension check and two heartbeats of two commands each, two writes of
+        # the idle state); before issue 14 point 8's second pass, 2 (the suspension check, the breaker's read).
+        assert between == [], "\n".join(map(str, between))
+        assert "EXISTS" in trips[end] and "HEXISTS" in trips[end] and "LLEN" in trips[end]
+
+
+def test_an_idle_worker_goes_from_the_result_straight_to_waiting(procs, redis_conn, monkeypatch):
+    """With every queue empty at the result, the next trip is the wait for a wake token: no pop that finds nothing."""
+    from workers.worker import ZimgWorker
+
+    with in_process_worker(procs, monkeypatch):
+        producer = Producer(redis_conn, procs.settings)
+        job_id = producer.enqueue("round trips", width=64, height=64, seed=1)
+        worker = ZimgWorker(procs.settings.queue_names, connection=redis_conn)
+        with round_trips() as trips:
+            worker.work(max_idle_time=1)  # not burst: it waits for the next job, then gives up after 1 s
+    assert producer.status(job_id)["status"] == "finished"
+    end = next(i for i, trip in enumerate(trips) if "XADD" in trip)
+    assert trips[end + 1] == ("BLPOP",), "\n".join(map(str, trips[end + 1 : end + 4]))
+
+
+def suspend_workers() -> str:
+    """A job that suspends every worker (``rq suspend``), as an operator would while it runs."""
+    from rq import get_current_job
+    from rq.suspension import suspend
+
+    job = get_current_job()
+    assert job is not None
+    suspend(job.connection)
+    return "suspended"
+
+
+def test_a_worker_suspended_during_a_job_takes_no_further_job(procs, redis_conn, monkeypatch):
+    """The suspension flag read with the result still stops the worker before its next job."""
+    from rq.serializers import JSONSerializer
+    from rq.suspension import resume
+
+    from workers.worker import ZimgWorker
+    from zimg_queue.claims import ClaimingQueue
+
+    with in_process_worker(procs, monkeypatch):
+        producer = Producer(redis_conn, procs.settings)
+        queue = ClaimingQueue(procs.settings.queue_names[0], connection=redis_conn, serializer=JSONSerializer)
+        first = queue.enqueue(suspend_workers)
+        waiting = producer.enqueue("after the suspension", width=64, height=64, seed=2, priority="high")
+        worker = ZimgWorker(procs.settings.queue_names, connection=redis_conn)
+        try:
+            worker.work(burst=True)  # burst: a suspended worker quits instead of sleeping
+        finally:
+            resume(redis_conn)
+    assert first.get_status(refresh=True) == "finished"
+    assert producer.status(waiting)["status"] == "queued"
 
 
 def test_a_warm_shutdown_during_the_result_transaction_still_finishes_the_job(procs, redis_conn, monkeypatch):

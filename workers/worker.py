@@ -30,6 +30,7 @@ import os
 import signal
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -40,11 +41,12 @@ from rq.job import Job, JobStatus, _job_stack
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
+from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from zimg_queue.claims import ClaimingQueue, claims_key
+from zimg_queue.claims import ClaimingQueue, claims_key, wait_for_wake
 from zimg_queue.connection import connect
 from zimg_queue.settings import Settings
 
@@ -57,6 +59,8 @@ from .storage import ImageStore
 log = logging.getLogger(__name__)
 #: A worker heartbeat this close to one already written (same expiry) is not sent again.
 HEARTBEAT_SLACK_S = 1.0
+#: What a job's result transaction read for the loop (:class:`Boundary`) serves only this long after it.
+BOUNDARY_FRESH_S = 1.0
 jobs_log = structlog.get_logger(__name__)
 
 
@@ -75,6 +79,41 @@ class OrphanAwareScheduler(RQScheduler):
             self.log.warning("scheduler: worker %d is gone, stopping", self.parent_pid)
             self._stop_requested = True
         super().heartbeat()
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """What the work loop looks at before its next dequeue, read in the previous job's result transaction.
+
+    RQ's loop reads the suspension flag, the breaker reads the outage state and the dequeue pops from the
+    queues, each in a round trip of its own, in the millisecond after a result; on a busy box each is a
+    wake-up of Redis and of this process while the waiting client's answer is being built. Read with the
+    result they cost nothing. They are then at most a few milliseconds old when used: a suspension or an
+    outage that begins in between is seen one job later (RQ's own check can miss one by a moment too), and
+    a job pushed in between leaves a wake token, so the wait that replaces the empty pop returns at once.
+    """
+
+    read_at: float  # time.monotonic()
+    suspended: bool
+    outage: bool
+    queued: bool  # some queue held a job
+
+    @classmethod
+    def read(cls, worker: ZimgWorker, pipeline: Any) -> int:
+        """Queue the reads in ``pipeline``; returns how many replies :meth:`parse` takes."""
+        pipeline.exists(WORKERS_SUSPENDED)
+        pipeline.hexists(context().breaker(worker.connection).key, "down_since")
+        for queue in worker.queues:
+            pipeline.llen(queue.key)
+        return 2 + len(worker.queues)
+
+    @classmethod
+    def parse(cls, replies: list[Any]) -> Boundary:
+        suspended, outage, *lengths = replies
+        return cls(time.monotonic(), bool(suspended), bool(outage), any(int(n) for n in lengths))
+
+    def fresh(self) -> bool:
+        return time.monotonic() - self.read_at <= BOUNDARY_FRESH_S
 
 
 class ZimgJob(Job):
@@ -127,6 +166,7 @@ class ZimgWorker(SimpleWorker):
         self._alive_until = 0.0  # time.monotonic() until which the worker's key is known to live
         self._claimed_at = 0.0  # time.monotonic() when the job in hand was dequeued (and claimed)
         self._idle_written = False  # the job's result transaction wrote the idle state (handle_job_success)
+        self._boundary: Boundary | None = None  # what the last result transaction read for the loop
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         """Every started-registry write RQ makes uses the short lease, not ``job_timeout + 60``."""
@@ -242,9 +282,12 @@ class ZimgWorker(SimpleWorker):
             # idle by raising StopRequested on the spot, and that must not break this transaction.
             self.heartbeat(pipeline=pipeline)
             pipeline.hset(self.key, "state", WorkerStatus.IDLE)
+            reads = Boundary.read(self, pipeline)  # and what the loop reads before its next dequeue
             pipeline.smembers(job.dependents_key)
-            *_, dependents = pipeline.execute()
+            replies = pipeline.execute()
         self._idle_written = True  # execute_job says "idle" once the job is over, without writing it again
+        self._boundary = Boundary.parse(replies[-1 - reads : -1])
+        dependents = replies[-1]
         if dependents:
             queue.enqueue_dependents(job)
 
@@ -270,15 +313,36 @@ class ZimgWorker(SimpleWorker):
             else:
                 self.scheduler.start()
 
+    def _fresh_boundary(self) -> Boundary | None:
+        return self._boundary if self._boundary is not None and self._boundary.fresh() else None
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's, unless the last result transaction just read that the workers are not suspended."""
+        boundary = self._fresh_boundary()
+        if boundary is not None and not boundary.suspended:
+            return
+        super().check_for_suspension(burst)
+
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
+        """RQ's; when the last result transaction saw every queue empty, it waits for a job before the first pop.
+
+        RQ's dequeue pops first and waits after; right after a result that pop would find nothing (one round
+        trip for nothing). A job pushed since leaves a wake token, so the wait returns at once.
+        """
         self.reaper.start()  # here, not in __init__: after the scheduler has forked, and only in a working worker
         self.await_inference()
+        boundary, self._boundary = self._fresh_boundary(), None
+        if boundary is not None and not boundary.queued and timeout is not None:
+            wait_for_wake(self.connection, self.queues, timeout)
         found = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         self._claimed_at = time.monotonic()
         return found
 
     def await_inference(self) -> None:
         """Take no job while the shared breaker says the inference server is down (see :mod:`workers.outage`)."""
+        boundary = self._fresh_boundary()
+        if boundary is not None and not boundary.outage:
+            return
         breaker = context().breaker(self.connection)
         try:
             if breaker.state() is None:
@@ -307,6 +371,7 @@ class ZimgWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         STOP.clear()
         self._idle_written = False
+        self._boundary = None  # only a result transaction reads it anew (a failed job's loop reads as RQ's does)
         self.prepare_execution(job)
         if not self._still_claimed(job):
             return

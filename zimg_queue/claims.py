@@ -146,8 +146,13 @@ class ClaimingQueue(Queue):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DequeueTimeout(timeout, [q.key for q in queues])
-            # Never 0 (Redis would block for ever), nor a float Python writes in exponent notation.
-            connection.blpop([wake_key(q.name) for q in queues], round(max(0.01, min(WAKE_POLL_S, remaining)), 3))
+            wait_for_wake(connection, queues, remaining)
+
+
+def wait_for_wake(connection: redis.Redis, queues: Sequence[Queue], seconds: float) -> None:
+    """Block until a wake token arrives for one of ``queues``, or for ``seconds`` (at most :data:`WAKE_POLL_S`)."""
+    # Never 0 (Redis would block for ever), nor a float Python writes in exponent notation.
+    connection.blpop([wake_key(q.name) for q in queues], round(max(0.01, min(WAKE_POLL_S, seconds)), 3))
 
 
 def pop_and_claim(
