@@ -315,15 +315,15 @@ def round_trips(thread: int | None = None) -> Iterator[list[tuple[str, ...]]]:
 
 
 @contextmanager
-def in_process_worker(procs: Processes, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The world of a ``ZimgWorker`` run in the test's own process: a zero-latency sim inference server, the
-    stack's ``ZIMG_*`` settings in the environment, a fresh per-process job context, and afterwards the signal
-    handlers RQ installs put back."""
+def in_process_worker(procs: Processes, monkeypatch: pytest.MonkeyPatch, latency_s: str = "0") -> Iterator[None]:
+    """The world of a ``ZimgWorker`` run in the test's own process: a sim inference server (zero latency unless
+    ``latency_s`` says), the stack's ``ZIMG_*`` settings in the environment, a fresh per-process job context, and
+    afterwards the signal handlers RQ installs put back."""
     import signal
 
     from workers import job as job_module
 
-    procs.inference(latency_a="0", latency_b="0")
+    procs.inference(latency_a=latency_s, latency_b="0")
     for key, value in procs.env().items():
         if key.startswith("ZIMG_"):
             monkeypatch.setenv(key, value)

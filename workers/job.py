@@ -43,6 +43,8 @@ from .storage import ImageStore
 STOP = threading.Event()
 #: How often a long-running job asks the inference server for its step progress.
 PROGRESS_POLL_S = 0.5
+#: A call still running after this long shows ``waiting_for_inference``; a faster one writes no progress of its own.
+FIRST_PROGRESS_S = 0.05
 UPSTREAM_FORMATS = ("png", "jpeg")
 
 
@@ -278,7 +280,10 @@ def _call(job: Job | None, ctx: Context, req: GenerateRequest, progress: dict[st
     The HTTP call runs on a helper thread so this thread stays free to notice a
     cancel; a fast answer (the common case) never pays for a progress poll. The
     ``waiting_for_inference`` progress (with ``progress``'s extra fields) is written
-    once the call is on its way, so its round trip overlaps the inference.
+    only once the call has run :data:`FIRST_PROGRESS_S`: a client polling a GPU job
+    sees it a moment later, and a call that answers sooner (a small image, a warm
+    batch) is not slowed by a write racing it for the CPU and the GIL (measured with
+    ``python -m benchmarks.compare_refs``: see the README's Performance section).
     """
     body = req.to_dict()
     if body["output_format"] not in UPSTREAM_FORMATS:
@@ -286,8 +291,7 @@ def _call(job: Job | None, ctx: Context, req: GenerateRequest, progress: dict[st
     job_id = job.id if job is not None else None
     request_id = (job.meta.get("request_id") if job is not None else None) or job_id
     future = in_background(ctx.client.generate, body, request_id=request_id, job_id=job_id)
-    set_progress(job, "waiting_for_inference", 5, **progress)
-    last_step = None
+    shown, last_step = False, None
     while True:
         if STOP.is_set():
             future.cancel()
@@ -295,13 +299,17 @@ def _call(job: Job | None, ctx: Context, req: GenerateRequest, progress: dict[st
                 in_background(ctx.client.cancel, job_id)
             raise JobStopped("job was stopped while waiting for the inference server")
         try:
-            response = future.result(timeout=PROGRESS_POLL_S)
+            response = future.result(timeout=PROGRESS_POLL_S if shown else FIRST_PROGRESS_S)
         except FutureTimeout:
             pass
         else:
             if job is not None:
                 ctx.breaker(job.connection).close()  # no-op unless this process saw an outage
             return response
+        if not shown:
+            shown = True
+            set_progress(job, "waiting_for_inference", 5, **progress)
+            continue
         step = ctx.client.progress(request_id) if request_id else None
         if step and step.get("step") != last_step and step.get("steps"):
             last_step = step["step"]
