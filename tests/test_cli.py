@@ -185,6 +185,50 @@ def test_batch_json_prints_the_manifest(stack, tmp_path):
     assert data["counts"] == {"finished": 2} and [r["item"] for r in data["rows"]] == ["line 1", "line 3"]
 
 
+def _up_in_a_terminal(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Popen, Path]:
+    """`zimg up` on its shipped defaults (free ports), alone in a process group as a terminal job; waits until up."""
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
+    env.update(ZIMG_DATA_DIR=str(tmp_path / "data"), ZIMG_IMAGE_DIR=str(tmp_path / "images"), PYTHONUNBUFFERED="1")
+    env.update(extra_env)
+    args = ["up", "--web-port", str(free_port()), "--inference-port", str(free_port())]
+    log = tmp_path / "up.log"
+    with log.open("w") as out:  # a file, not a pipe: a child left running would keep a pipe open forever
+        up = subprocess.Popen([sys.executable, "-m", "zimg_queue.cli", *args], env=env, cwd=ROOT, stdout=out,
+                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 90
+    while "stack is up" not in log.read_text():
+        if up.poll() is not None or time.monotonic() > deadline:
+            _kill_group(up)
+            pytest.fail(log.read_text()[-3000:])
+        time.sleep(0.1)
+    return up, log
+
+
+def _kill_group(up: subprocess.Popen) -> None:
+    """Whatever of a stack is left: its group, and the children of `zimg up` (each in a session of its own)."""
+    import signal
+
+    children = _children(up.pid)
+    for pid in [up.pid, *children]:
+        try:
+            os.killpg(pid, signal.SIGKILL) if pid == up.pid else os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    up.wait()
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids + [grandchild for kid in kids for grandchild in _children(kid)]
+
+
 def test_closing_the_terminal_of_zimg_up_stops_its_private_redis_too(tmp_path):
     """A terminal that closes sends SIGHUP to its processes. `zimg up` stops its stack on it as on Ctrl-C.
 
@@ -192,36 +236,52 @@ def test_closing_the_terminal_of_zimg_up_stops_its_private_redis_too(tmp_path):
     it): before, SIGHUP killed `zimg up` outright and left that redis-server running with nobody to stop it.
     """
     import signal
-    import time
 
     from zimg_queue.redis_server import answers
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZIMG_")}
-    env.update(ZIMG_DATA_DIR=str(tmp_path / "data"), ZIMG_IMAGE_DIR=str(tmp_path / "images"), PYTHONUNBUFFERED="1")
-    args = ["up", "--web-port", str(free_port()), "--inference-port", str(free_port())]  # shipped defaults otherwise
-    log = tmp_path / "up.log"
-    with log.open("w") as out:  # a file, not a pipe: a child left running would keep a pipe open forever
-        up = subprocess.Popen([sys.executable, "-m", "zimg_queue.cli", *args], env=env, cwd=ROOT, stdout=out,
-                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    record = tmp_path / "data" / "redis" / "url"
+    up, log = _up_in_a_terminal(tmp_path)
     url = None
     try:
-        deadline = time.monotonic() + 90
-        while "stack is up" not in log.read_text():
-            assert up.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
-        url = record.read_text().strip()
+        url = (tmp_path / "data" / "redis" / "url").read_text().strip()
         assert answers(url)
         os.killpg(up.pid, signal.SIGHUP)  # the terminal went away
         assert up.wait(timeout=60) == 0, log.read_text()[-3000:]
-        assert not answers(url) and not record.exists()
+        assert not answers(url) and not (tmp_path / "data" / "redis" / "url").exists()
     finally:
-        try:  # whatever of the stack is left (before the fix: gunicorn, which takes SIGHUP as "reload")
-            os.killpg(up.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        up.wait()
+        _kill_group(up)
         if url and answers(url):
             import redis
 
             redis.Redis.from_url(url).shutdown(nosave=True)
+
+
+@pytest.mark.parametrize("signame", ["SIGHUP", "SIGINT"])  # the window closed; Ctrl-C
+def test_a_job_running_when_the_terminal_of_zimg_up_closes_still_finishes(tmp_path, signame):
+    """The terminal's SIGHUP (and Ctrl-C's SIGINT) reach `zimg up` alone; it stops its children in order.
+
+    Before, the hangup reached every child too: the workers died on the spot (Python's default for SIGHUP) and
+    a job they were running was abandoned until its lease ran out at the next start. Now the workers are told
+    to stop while the inference server still answers, so the job in hand ends ``finished``, its image written.
+    """
+    import signal
+    import time
+
+    from zimg_queue.queue import Producer
+    from zimg_queue.settings import Settings
+
+    up, log = _up_in_a_terminal(tmp_path, ZIMG_SIM_LATENCY_A="2", ZIMG_SIM_LATENCY_B="0")
+    try:
+        url = (tmp_path / "data" / "redis" / "url").read_text().strip()
+        producer = Producer(settings=Settings(redis_url=url, data_dir=str(tmp_path / "data")))
+        job_id = producer.enqueue("a lighthouse", width=64, height=64, seed=7)
+        deadline = time.monotonic() + 30
+        while producer.status(job_id)["status"] != "started":
+            assert time.monotonic() < deadline, producer.status(job_id)
+            time.sleep(0.05)
+        os.killpg(up.pid, getattr(signal, signame))  # the terminal went away (or Ctrl-C) mid-job
+        assert up.wait(timeout=60) == 0, log.read_text()[-3000:]
+        images = list((tmp_path / "images").glob("*.png"))
+        assert len(images) == 1, log.read_text()[-3000:]
+        assert f'"job_id": "{job_id}"' in log.read_text() and '"status": "finished"' in log.read_text()
+    finally:
+        _kill_group(up)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,10 @@ from .gpus import GpuServer, layout
 from .processes import stop_processes, wait_http
 from .redis_server import EmbeddedRedis, stack_redis
 from .settings import Settings
+
+#: How long `zimg up` waits on stop for its workers to finish the jobs in hand before it kills them (a job killed
+#: then is not lost: its lease returns it to the queue when a worker next runs).
+STOP_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -55,9 +60,12 @@ class Stack:
         return env
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start one child in a session of its own: a terminal's signals (Ctrl-C, the hangup of a closed window)
+        reach `zimg up` alone, which stops its children in order (:meth:`stop`). Sharing its process group, they
+        each met the signal their own way: a worker died on SIGHUP mid-job, gunicorn reloaded."""
         proc = subprocess.Popen(
             [sys.executable, "-m", "zimg_queue.cli", *args], env={**self.env(), **(env or {})}, stdout=self.log,
-            stderr=self.log,
+            stderr=self.log, start_new_session=True,
         )  # fmt: skip
         self.processes[name] = proc
         return proc
@@ -135,6 +143,15 @@ class Stack:
         return out
 
     def stop(self) -> None:
-        stop_processes(*self.processes.values())
+        """Web, cron and workers first (a worker finishes the job in hand: that needs an inference server), then
+        the inference servers, then the private Redis."""
+        try:  # a second Ctrl-C must not cut this short: the children, in sessions of their own, would live on
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        except ValueError:  # not the main thread (a test's stack): nothing to guard
+            pass
+        first = [p for name, p in self.processes.items() if not name.startswith("inference")]
+        stop_processes(*first, timeout=STOP_TIMEOUT_S)
+        stop_processes(*(p for name, p in self.processes.items() if name.startswith("inference")))
         if self.redis:
             self.redis.stop()
