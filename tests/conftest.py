@@ -219,6 +219,35 @@ def stack(procs: Processes) -> Processes:
     return procs
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from ``/proc/<pid>/task/*/children``)."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids + [grandchild for kid in kids for grandchild in descendants(kid)]
+
+
+def kill_up(up: subprocess.Popen) -> None:
+    """SIGKILL what is left of a `zimg up` started with ``start_new_session=True``: its process group, and its
+    children, each in a session of its own (so that a terminal's signals reach `zimg up` alone)."""
+    import signal
+
+    children = descendants(up.pid)
+    try:
+        os.killpg(up.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    up.wait()
+
+
 def wait_until(predicate, timeout: float = 30, interval: float = 0.05):
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.conftest import kill_up
 from zimg_queue.processes import stop_processes, wait_http
 from zimg_queue.redis_server import free_port
 
@@ -200,33 +201,10 @@ def _up_in_a_terminal(tmp_path: Path, **extra_env: str) -> tuple[subprocess.Pope
     deadline = time.monotonic() + 90
     while "stack is up" not in log.read_text():
         if up.poll() is not None or time.monotonic() > deadline:
-            _kill_group(up)
+            kill_up(up)
             pytest.fail(log.read_text()[-3000:])
         time.sleep(0.1)
     return up, log
-
-
-def _kill_group(up: subprocess.Popen) -> None:
-    """Whatever of a stack is left: its group, and the children of `zimg up` (each in a session of its own)."""
-    import signal
-
-    children = _children(up.pid)
-    for pid in [up.pid, *children]:
-        try:
-            os.killpg(pid, signal.SIGKILL) if pid == up.pid else os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    up.wait()
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids + [grandchild for kid in kids for grandchild in _children(kid)]
 
 
 def test_closing_the_terminal_of_zimg_up_stops_its_private_redis_too(tmp_path):
@@ -248,7 +226,7 @@ def test_closing_the_terminal_of_zimg_up_stops_its_private_redis_too(tmp_path):
         assert up.wait(timeout=60) == 0, log.read_text()[-3000:]
         assert not answers(url) and not (tmp_path / "data" / "redis" / "url").exists()
     finally:
-        _kill_group(up)
+        kill_up(up)
         if url and answers(url):
             import redis
 
@@ -284,4 +262,4 @@ def test_a_job_running_when_the_terminal_of_zimg_up_closes_still_finishes(tmp_pa
         assert len(images) == 1, log.read_text()[-3000:]
         assert f'"job_id": "{job_id}"' in log.read_text() and '"status": "finished"' in log.read_text()
     finally:
-        _kill_group(up)
+        kill_up(up)

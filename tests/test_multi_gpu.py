@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, kill_up, wait_until
 from zimg_queue.gpus import layout, parse_gpus, visible_gpus
 from zimg_queue.queue import Producer
 from zimg_queue.redis_server import free_port
@@ -143,8 +143,7 @@ def test_up_gpus_serves_on_every_gpu_and_routes_around_a_killed_server(
             try:
                 up.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
-                up.wait()
+                kill_up(up)
         log.close()
 
 
