@@ -192,6 +192,26 @@ def test_cancelling_a_job_in_flight_tells_the_inference_server(procs: Processes,
     assert final["status"] in ("stopped", "failed", "canceled"), final
 
 
+def test_the_hosts_proxy_and_netrc_settings_do_not_reach_the_call_to_the_inference_server(
+    procs: Processes, producer: Producer, stub: Stub, tmp_path
+):
+    """The inference server is a co-located service: ``HTTP_PROXY`` (set for the host's outbound traffic, with no
+    ``NO_PROXY``) must not route the worker's calls through a proxy, nor a ``~/.netrc`` entry replace its token.
+
+    Before, requests' ``trust_env`` applied both: the proxy (here a port nobody listens on) made every call an
+    outage, and the netrc entry turned the bearer token into a Basic login the server refuses.
+    """
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password elsewhere\n")
+    netrc.chmod(0o600)
+    proxy = f"http://127.0.0.1:{free_port()}"
+    procs.worker(zimg_inference_url=stub.url, zimg_inference_token=TOKEN, http_proxy=proxy, netrc=str(netrc))
+    job_id = producer.enqueue("a cat behind a proxy", width=64, height=64)
+    status = producer.wait(job_id, timeout=20)
+    assert status["status"] == "finished", status
+    assert [c.headers["Authorization"] for c in stub.posts()] == [f"Bearer {TOKEN}"]
+
+
 def test_zimg_up_gives_its_own_children_an_inference_token(settings):
     """With no ``ZIMG_INFERENCE_TOKEN``, ``zimg up`` makes one: its server requires it, its workers send it."""
     from zimg_queue.stack import Stack

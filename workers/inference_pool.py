@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from .client import GenerateResponse, InferenceClient
+from .client import GenerateResponse, InferenceClient, inference_session
 from .errors import InferenceUnavailable
 
 log = structlog.get_logger(__name__)
@@ -202,11 +202,12 @@ def servers_health(url: str, timeout: tuple[float, float] = (0.5, 2.0)) -> dict[
     urls = split_urls(url)
     up: dict[str, bool] = {}
     error = None
-    for one in urls:
-        try:
-            up[one] = requests.get(f"{one}/healthz", timeout=timeout).ok
-        except requests.RequestException as exc:
-            up[one], error = False, type(exc).__name__
+    with inference_session() as session:
+        for one in urls:
+            try:
+                up[one] = session.get(f"{one}/healthz", timeout=timeout).ok
+            except requests.RequestException as exc:
+                up[one], error = False, type(exc).__name__
     check: dict[str, Any] = {"ok": any(up.values())}
     if len(urls) > 1:
         check["servers"] = up
