@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import enqueue_rate, gpu_busy, memory, overhead, status_depth, validation
+from . import enqueue_rate, gpu_busy, memory, overhead, redis_packing, status_depth, validation
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -50,6 +50,10 @@ SCENARIOS: dict[str, tuple[Callable[[], dict], Callable[[], dict]]] = {
     "memory": (
         lambda: memory.run(50),
         lambda: memory.run(3, size=256),
+    ),
+    "redis_packing": (  # hiredis packing each command whole vs redis-py's per-argument encoding (zimg_queue.packing)
+        lambda: redis_packing.run(),
+        lambda: redis_packing.run(n=50, rounds=1),
     ),
     "validation": (  # pydantic models vs the hand-written validator they replaced (benchmarks/old_validator.py)
         lambda: validation.run(),

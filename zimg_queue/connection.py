@@ -34,6 +34,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
 
+from .packing import command_packer
 from .settings import DEFAULT_REDIS_URL
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ def connect(url: str, *, retries: int = 8) -> redis.Redis:
         health_check_interval=30,
         socket_connect_timeout=5,
         socket_keepalive=True,
+        command_packer=command_packer(),  # hiredis packs each command in one call (zimg_queue.packing)
     )
 
 
