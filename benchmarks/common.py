@@ -77,17 +77,6 @@ def vm_hwm_kib(pid: int) -> int | None:
     return None
 
 
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from ``/proc/<pid>/task/*/children``)."""
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids
-
-
 @dataclass
 class Child:
     name: str

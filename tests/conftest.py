@@ -21,7 +21,7 @@ import pytest
 import redis
 import requests
 
-from zimg_queue.processes import stop_processes, wait_http
+from zimg_queue.processes import descendants_of, stop_processes, wait_http
 from zimg_queue.queue import Producer
 from zimg_queue.redis_server import EmbeddedRedis, free_port
 from zimg_queue.settings import Settings
@@ -219,23 +219,12 @@ def stack(procs: Processes) -> Processes:
     return procs
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (from ``/proc/<pid>/task/*/children``)."""
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids + [grandchild for kid in kids for grandchild in descendants(kid)]
-
-
 def kill_up(up: subprocess.Popen) -> None:
     """SIGKILL what is left of a `zimg up` started with ``start_new_session=True``: its process group, and its
     children, each in a session of its own (so that a terminal's signals reach `zimg up` alone)."""
     import signal
 
-    children = descendants(up.pid)
+    children = descendants_of(up.pid)
     try:
         os.killpg(up.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import requests
 
@@ -38,3 +39,20 @@ def wait_http(url: str, proc: subprocess.Popen, *, timeout: float, ok_codes: tup
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from ``/proc/<pid>/task/*/children``; Linux)."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def descendants_of(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, children first."""
+    kids = children_of(pid)
+    return kids + [grandchild for kid in kids for grandchild in descendants_of(kid)]
