@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,14 +146,25 @@ class Stack:
 
     def stop(self) -> None:
         """Web, cron and workers first (a worker finishes the job in hand: that needs an inference server), then
-        the inference servers, then the private Redis."""
-        try:  # a second Ctrl-C must not cut this short: the children, in sessions of their own, would live on
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        except ValueError:  # not the main thread (a test's stack): nothing to guard
-            pass
-        first = [p for name, p in self.processes.items() if not name.startswith("inference")]
-        stop_processes(*first, timeout=STOP_TIMEOUT_S)
-        stop_processes(*(p for name, p in self.processes.items() if name.startswith("inference")))
-        if self.redis:
-            self.redis.stop()
+        the inference servers, then the private Redis. A second Ctrl-C (or hangup) meanwhile is ignored: cut short,
+        this would leave the children, in sessions of their own, running."""
+        with _signals_ignored(signal.SIGINT, signal.SIGHUP):
+            first = [p for name, p in self.processes.items() if not name.startswith("inference")]
+            stop_processes(*first, timeout=STOP_TIMEOUT_S)
+            stop_processes(*(p for name, p in self.processes.items() if name.startswith("inference")))
+            if self.redis:
+                self.redis.stop()
+
+
+@contextmanager
+def _signals_ignored(*signums: int) -> Iterator[None]:
+    """Ignore ``signums`` inside the block, then put the previous handlers back (outside the main thread: no-op)."""
+    try:
+        before = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signums}
+    except ValueError:  # signal handlers can only be set from the main thread
+        before = {}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
