@@ -47,14 +47,20 @@ def _critical_paths(trips: list[tuple[str, ...]]) -> list[list[tuple[str, ...]]]
 
 
 def test_few_round_trips_between_dequeue_and_the_result(procs, redis_conn, monkeypatch):
+    from workers.job import FIRST_PROGRESS_S
+
     ids, trips = _run_burst(procs, redis_conn, monkeypatch, jobs=4)
     paths = _critical_paths(trips)
     assert len(paths) == len(ids), trips
-    for path in paths:
+    producer = Producer(redis_conn, procs.settings)
+    for path, job_id in zip(paths, ids):  # one worker, one queue: jobs run in the order they were enqueued
         # The dequeue (which reads the job), one start transaction and the result transaction: a call that answers
-        # within FIRST_PROGRESS_S writes no progress of its own. RQ's own worker made 12 here (BLPOP, then 11 more)
+        # within FIRST_PROGRESS_S writes no progress of its own (on a loaded machine a zero-latency call can take
+        # longer: then, and only then, one progress write). RQ's own worker made 12 here (BLPOP, then 11 more)
         # before issue 14 point 8, and 4 before its second pass (a progress write overlapping the inference call).
-        assert len(path) == 3, "\n".join(map(str, path))
+        progress = [trip for trip in path if trip == ("HSET",)]
+        assert len(path) == 3 + len(progress) and len(progress) <= 1, "\n".join(map(str, path))
+        assert not progress or producer.status(job_id)["result"]["inference_s"] >= FIRST_PROGRESS_S
         assert "XADD" in path[-1] and "HINCRBYFLOAT" in path[-1], "metrics ride in the result's transaction"
 
 
