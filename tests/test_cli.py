@@ -233,6 +233,53 @@ def test_closing_the_terminal_of_zimg_up_stops_its_private_redis_too(tmp_path):
             redis.Redis.from_url(url).shutdown(nosave=True)
 
 
+def test_the_children_of_a_killed_zimg_up_stop_too(tmp_path):
+    """`zimg up` SIGKILLed (the OOM killer, `kill -9`): its children, in sessions of their own, must not live on.
+
+    Each child asks the kernel for a SIGTERM when `zimg up` dies (Linux ``PR_SET_PDEATHSIG``), so it stops as on
+    Ctrl-C. Before, a killed `zimg up` left its workers, inference server and web service running, holding ports.
+    """
+    import signal
+    import time
+
+    from zimg_queue.processes import descendants_of
+
+    up, log = _up_in_a_terminal(tmp_path)
+    everything = descendants_of(up.pid)
+    # Its private Redis outlives it by design: it holds the jobs, and the next `zimg up` of the folder adopts it.
+    children = [pid for pid in everything if _name(pid) != "redis-server"]
+    try:
+        assert children and len(children) < len(everything), log.read_text()[-3000:]
+        os.kill(up.pid, signal.SIGKILL)  # the pid alone, not its group
+        up.wait()
+        deadline = time.monotonic() + 30
+        while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in children if _alive(pid)] == [], log.read_text()[-3000:]
+    finally:
+        for pid in everything:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, reaped by nobody yet, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 @pytest.mark.parametrize("signame", ["SIGHUP", "SIGINT"])  # the window closed; Ctrl-C
 def test_a_job_running_when_the_terminal_of_zimg_up_closes_still_finishes(tmp_path, signame):
     """The terminal's SIGHUP (and Ctrl-C's SIGINT) reach `zimg up` alone; it stops its children in order.

@@ -23,6 +23,7 @@ from .commands.batch import cmd_batch
 from .commands.jobs import cmd_cancel, cmd_generate, cmd_status
 from .connection import RedisUnavailable
 from .logs import configure_logging
+from .processes import die_with_supervisor
 from .request import ValidationError
 from .settings import Settings, SettingsError
 
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    die_with_supervisor()  # a child of `zimg up` stops when it dies
     args = build_parser().parse_args(argv)
     try:
         configure_logging(_settings(args), process=PROCESS_OF_COMMAND.get(args.command, "cli"))

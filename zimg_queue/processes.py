@@ -5,6 +5,8 @@ Shared by ``zimg up``, the private Redis, the test fixtures, the benchmarks and 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -56,3 +58,31 @@ def descendants_of(pid: int) -> list[int]:
     """Every live descendant of ``pid``, children first."""
     kids = children_of(pid)
     return kids + [grandchild for kid in kids for grandchild in descendants_of(kid)]
+
+
+#: Set by `zimg up` in its children's environment: its own pid (see :func:`die_with_supervisor`).
+SUPERVISOR_ENV = "ZIMG_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_supervisor() -> None:
+    """In a child of `zimg up`: be sent SIGTERM when `zimg up` dies, however it dies (Linux; elsewhere nothing).
+
+    `zimg up` starts its children in sessions of their own (so that a terminal's signals reach it alone); without
+    this, a `zimg up` killed outright (``kill -9``, the OOM killer) left them running, holding their ports. SIGTERM
+    is their orderly stop: a worker finishes the job in hand. The variable is taken out of the environment, so
+    nothing this process starts inherits it.
+    """
+    raw = os.environ.pop(SUPERVISOR_ENV, "")
+    if not raw.isdigit():
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != int(raw):  # it died before the request was made: nobody would send the signal now
+        os.kill(os.getpid(), signal.SIGTERM)

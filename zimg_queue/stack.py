@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .gpus import GpuServer, layout
-from .processes import stop_processes, wait_http
+from .processes import SUPERVISOR_ENV, stop_processes, wait_http
 from .redis_server import EmbeddedRedis, stack_redis
 from .settings import Settings
 
@@ -59,6 +59,7 @@ class Stack:
         env["ZIMG_INFERENCE_TOKEN"] = self.inference_token  # the servers require it, the workers send it
         env["ZIMG_DATA_DIR"] = str(Path(self.settings.data_dir).resolve())
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env[SUPERVISOR_ENV] = str(os.getpid())  # each child stops when this process dies (die_with_supervisor)
         return env
 
     def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
