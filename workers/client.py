@@ -55,18 +55,16 @@ class InferenceClient:
     ):
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
+        auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.session = inference_session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.session.headers.update(auth)
         # No retries (a retry is the job's business) and no redirects, like the session's adapter.
         self.pool = urllib3.PoolManager(num_pools=1, maxsize=pool_size, retries=False)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
-        self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        self._headers = {"Content-Type": "application/json", **auth}
 
     def headers(self, request_id: str | None, job_id: str | None) -> dict[str, str]:
         """The contract's request headers: who asked (for the server's logs), which job, and until when it matters."""
