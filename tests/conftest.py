@@ -237,6 +237,17 @@ def kill_up(up: subprocess.Popen) -> None:
     up.wait()
 
 
+def rate_window_with_room(window: float = 60, room: float = 10) -> None:
+    """Wait until the rate limiter's current window (:class:`zimg_queue.web.limits.RateLimiter`) has ``room`` s left.
+
+    The limiter counts in fixed windows aligned to the clock: a test whose requests straddle a window's end
+    sees the count start again (a 429 that never comes, a ``Retry-After`` of 1 s). Such a test calls this first.
+    """
+    left = window - time.time() % window
+    if left < room:
+        time.sleep(left + 0.05)
+
+
 def wait_until(predicate, timeout: float = 30, interval: float = 0.05):
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

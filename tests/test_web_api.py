@@ -17,7 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, rate_window_with_room, wait_until
 from zimg_queue.queue import Producer
 
 GOOD = {"prompt": "a cat on a windowsill", "width": 128, "height": 64, "seed": 5}
@@ -175,6 +175,7 @@ def test_blocklisted_words_are_rejected_with_a_clear_message(web_app, redis_conn
 
 def test_rate_limit_is_per_client_and_shared_through_redis(web_app, redis_conn):
     one, two = web_app(ZIMG_RATE_LIMIT="3/60").test_client(), web_app(ZIMG_RATE_LIMIT="3/60").test_client()
+    rate_window_with_room(60)
     codes = [c.post("/v1/jobs", json=GOOD).status_code for c in (one, two, one)]
     assert codes == [202, 202, 202]  # two app instances, one counter in Redis
     r = two.post("/v1/jobs", json=GOOD)
@@ -373,6 +374,7 @@ def test_cli_talks_to_a_remote_api(stack, web, tmp_path):
 
 def test_behind_a_proxy_the_rate_limit_keys_on_the_forwarded_client(web_app):
     client = web_app(ZIMG_RATE_LIMIT="1/60", ZIMG_PROXY_COUNT=1).test_client()
+    rate_window_with_room(60)
 
     def post(addr: str) -> int:
         return client.post("/v1/jobs", json=GOOD, headers={"X-Forwarded-For": addr}).status_code
@@ -447,6 +449,7 @@ def test_api_client_gives_up_after_max_rate_wait(web, procs):
 
     server = web(ZIMG_RATE_LIMIT="1/60")
     client = ApiClient(server.url, max_rate_wait=1)
+    rate_window_with_room(60)  # a second request in the window's last second would be waited out, not refused
     client.enqueue("a cat", width=64, height=64)
     with pytest.raises(ApiClientError, match="429"):
         client.enqueue("a dog", width=64, height=64)
