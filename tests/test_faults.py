@@ -7,6 +7,7 @@ Every test prints what it measured (``pytest -s`` shows it).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import time
@@ -20,7 +21,7 @@ import pytest
 from conftest import Proc, Processes, wait_until
 from rq import Worker
 from rq.job import Job
-from rq.registry import StartedJobRegistry
+from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from tests.conftest import in_process_worker
@@ -382,6 +383,46 @@ def _kill_busy_child(conn, pool) -> int:
     return pid
 
 
+def _where_unfinished_jobs_are(conn, ids: list[str], settings: Settings, pool: Proc) -> str:
+    """What a stalled soak prints: each job not yet final (those in no queue first), where it is, and the workers."""
+    places: dict[str, list[str]] = {}
+    for q in settings.queue_names:
+        for member in conn.lrange(f"rq:queue:{q}", 0, -1):
+            places.setdefault(member.decode(), []).append(f"queue:{q}")
+        for member in conn.zrange(f"zimg:claims:{q}", 0, -1):
+            places.setdefault(member.decode(), []).append(f"claim:{q}")
+        for registry in (StartedJobRegistry, ScheduledJobRegistry, DeferredJobRegistry):
+            key = registry(q, connection=conn).key
+            for member, score in conn.zrange(key, 0, -1, withscores=True):
+                job_id, _, execution = member.decode().partition(":")
+                places.setdefault(job_id, []).append(f"{key} {execution} until {score:.1f}")
+    lines = []
+    for job_id in ids:
+        status, meta = conn.hmget(f"rq:job:{job_id}", "status", "meta")
+        if status not in (b"finished", b"failed"):
+            progress = (json.loads(meta) if meta else {}).get("progress")
+            where = places.get(job_id, [])
+            lines.append((any(w.startswith("queue:") for w in where), f"{job_id} {status} {progress} in {where}"))
+    lines.sort(key=lambda line: line[0])
+    workers = [
+        {k.decode(): v.decode() for k, v in conn.hgetall(key).items() if k in WORKER_FIELDS}
+        for key in conn.scan_iter("rq:worker:*")
+        if conn.type(key) == b"hash"
+    ]
+    breaker = {key.decode(): conn.hgetall(key) for key in conn.scan_iter("zimg:inference:outage:*")}
+    return "\n".join(
+        [line for _, line in lines[:20]]
+        + [
+            f"now {time.time():.1f}; pool children alive: {_children(pool.pid)}",
+            f"workers: {workers}",
+            f"breaker: {breaker}; suspended: {conn.exists('rq:suspended')}",
+        ]
+    )
+
+
+WORKER_FIELDS = (b"pid", b"state", b"current_job", b"last_heartbeat", b"successful_job_count", b"failed_job_count")
+
+
 def test_soak_2000_jobs_4_workers_5_percent_failures_two_kills(procs: Processes, redis_conn, settings):
     """Changed settings, to fit 2,000 jobs in a CI minute: retry intervals 0.1/0.2/0.4 s and a 3 s lease.
     Their shipped values are tested by test_5xx_is_retried_with_exponential_backoff_and_jitter and
@@ -400,7 +441,13 @@ def test_soak_2000_jobs_4_workers_5_percent_failures_two_kills(procs: Processes,
     for at in (SOAK_JOBS // 4, SOAK_JOBS // 2):  # RQ's WorkerPool starts a new process for each one killed
         wait_until(lambda at=at: finished_key() >= at, timeout=120, interval=0.1)
         killed.append(_kill_busy_child(redis_conn, pool))
-    wait_until(lambda: finished_key() >= SOAK_JOBS, timeout=150, interval=0.2)
+    try:
+        wait_until(lambda: finished_key() >= SOAK_JOBS, timeout=150, interval=0.2)
+    except AssertionError:
+        pytest.fail(
+            f"{SOAK_JOBS - finished_key()} jobs not final after 150 s:\n"
+            + _where_unfinished_jobs_are(redis_conn, ids, own, pool)
+        )
     wall = time.monotonic() - t0
 
     jobs = Job.fetch_many(ids, connection=redis_conn, serializer=JSONSerializer)
