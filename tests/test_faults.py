@@ -420,6 +420,10 @@ def _where_unfinished_jobs_are(conn, ids: list[str], settings: Settings, pool: P
     )
 
 
+def _tail(proc: Proc, lines: int = 12, width: int = 240) -> str:
+    return "\n".join(line[:width] for line in proc.output().splitlines()[-lines:])
+
+
 WORKER_FIELDS = (b"pid", b"state", b"current_job", b"last_heartbeat", b"successful_job_count", b"failed_job_count")
 
 
@@ -430,7 +434,7 @@ def test_soak_2000_jobs_4_workers_5_percent_failures_two_kills(procs: Processes,
     t0 = time.monotonic()
     own = settings.with_(retry_intervals=(0.1, 0.2, 0.4))
     producer = Producer(redis_conn, own)
-    procs.inference(latency_a="0", latency_b="0", fail_rate="0.05", drop_rate="0.01", fault_seed="1")
+    server = procs.inference(latency_a="0", latency_b="0", fail_rate="0.05", drop_rate="0.01", fault_seed="1")
     pool = procs.worker(processes=4, zimg_lease_ttl="3")  # the Procfile's `zimg worker --processes 4`
     requests = [{"prompt": f"soak {i}", "width": 64, "height": 64, "seed": i} for i in range(SOAK_JOBS)]
     ids = producer.enqueue_many(requests)
@@ -447,6 +451,7 @@ def test_soak_2000_jobs_4_workers_5_percent_failures_two_kills(procs: Processes,
         pytest.fail(
             f"{SOAK_JOBS - finished_key()} jobs not final after 150 s:\n"
             + _where_unfinished_jobs_are(redis_conn, ids, own, pool)
+            + "".join(f"\n--- {p.log.name}, last lines ---\n{_tail(p)}" for p in (server, pool))
         )
     wall = time.monotonic() - t0
 
