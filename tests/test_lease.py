@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from rq.job import JobStatus
+import pytest
+import redis
+from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now
@@ -78,3 +80,66 @@ def test_a_retry_overdue_because_its_scheduler_died_is_queued_by_the_sweep(produ
     assert sweep(redis_conn, producer.settings.queue_names) == 1
     assert queue.job_ids == [late.id] and late.get_status() == JobStatus.QUEUED
     assert due.get_status() == JobStatus.SCHEDULED  # a live scheduler has a few seconds to take it first
+
+
+class _Died(BaseException):
+    """The sweeping process dying at this point (a SIGKILL, as far as Redis can tell: nothing more is sent)."""
+
+
+def _cut_short(monkeypatch, owner: object, attr: str, fault: type[BaseException]) -> list[int]:
+    """Make the next call of ``owner.attr`` raise ``fault``: the sweep stops half-way there, once.
+
+    Returns a list that holds one item once the fault has fired."""
+    real = getattr(owner, attr)
+    calls = []
+
+    def once(*args, **kwargs):
+        if not calls:
+            calls.append(1)
+            raise fault("cut short")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, attr, once)
+    return calls
+
+
+@pytest.mark.parametrize("fault", [redis.ConnectionError, _Died], ids=["redis-error", "sweeper-killed"])
+@pytest.mark.parametrize("case", ["lease-expired", "lease-expired-no-attempts-left", "retry-overdue"])
+def test_a_sweep_cut_short_loses_no_job(monkeypatch, redis_conn, settings, case: str, fault):
+    """A sweep that dies (or loses Redis) between finding a job and putting it somewhere leaves it for the next sweep.
+
+    It used to take the entry out of its registry first and re-queue it after: cut short in between, the job was
+    in no queue and no registry, ``started`` or ``scheduled`` for ever. Each case sets up what a killed worker
+    (or a killed scheduler) leaves, on the shipped retry settings except where it says no attempts are left.
+    """
+    from datetime import datetime, timezone
+
+    from zimg_queue.claims import ClaimingQueue
+
+    own = settings.with_(max_retries=0) if case == "lease-expired-no-attempts-left" else settings
+    producer = Producer(redis_conn, own)
+    job_id = producer.enqueue("a sweep is cut short", width=64, height=64)
+    if case == "retry-overdue":
+        queue = producer.queue()
+        redis_conn.lrem(queue.key, 1, job_id)
+        queue.schedule_job(producer.fetch(job_id), datetime.fromtimestamp(time.time() - 10, timezone.utc))
+    else:
+        _start_and_abandon(producer, redis_conn, job_id)
+    if case == "lease-expired-no-attempts-left":
+        fired = _cut_short(monkeypatch, Job, "_handle_failure", fault)
+    else:
+        fired = _cut_short(monkeypatch, ClaimingQueue, "push_job_id", fault)
+    try:
+        assert sweep(redis_conn, own.queue_names) == 0  # a Redis error is logged; the sweep goes on
+    except _Died:
+        pass
+    assert fired
+    assert sweep(redis_conn, own.queue_names) == 1  # the next sweep finds it again
+    status = producer.status(job_id)
+    if case == "lease-expired-no-attempts-left":
+        assert status["status"] == "failed" and status["error"].startswith("WorkerDied:")
+        assert len(status["attempts"]) == 1  # the cut-short sweep recorded nothing
+    else:
+        assert status["status"] == "queued" and producer.queue().job_ids == [job_id]
+        assert len(status.get("attempts") or []) == (0 if case == "retry-overdue" else 1)
+    assert sweep(redis_conn, own.queue_names) == 0

@@ -356,8 +356,13 @@ def _record_attempt(job: Job | None, exc: Exception) -> None:
         record_attempt(job, f"{type(exc).__name__}: {exc}")
 
 
-def record_attempt(job: Job, error: str) -> None:
-    """Append one failed attempt to ``job.meta["attempts"]``: what the status API shows as ``attempts``."""
+def add_attempt(job: Job, error: str) -> None:
+    """Append one failed attempt to ``job.meta["attempts"]`` (what the status API shows), in memory only."""
     attempts = job.meta.setdefault("attempts", [])
     attempts.append({"attempt": len(attempts) + 1, "error": error, "at": now_iso()})
+
+
+def record_attempt(job: Job, error: str) -> None:
+    """:func:`add_attempt`, saved at once."""
+    add_attempt(job, error)
     job.save_meta()

@@ -10,9 +10,11 @@ pass (every 10 minutes) moves it on, so a SIGKILLed worker's job can sit in
   job runs. A dead process renews nothing, so the lease runs out.
 * :class:`Reaper` (a thread in every worker process; a short Redis lock lets one
   process per set of queues sweep at a time) runs :func:`sweep` every
-  :data:`SWEEP_S` seconds. It claims each expired entry (``ZREM``: exactly one sweeper
-  wins) and puts the job straight back at the *front* of its queue, spending one of
-  its ``Retry`` attempts, or fails it (``WorkerDied: ...``) when none are left.
+  :data:`SWEEP_S` seconds. It puts the job of each expired entry straight back at the
+  *front* of its queue, spending one of its ``Retry`` attempts, or fails it
+  (``WorkerDied: ...``) when none are left. Entry out, job in, in one transaction
+  watched on the job (:func:`_move`): exactly one sweeper wins, and a sweep cut short
+  (its process killed, Redis gone for a moment) leaves the job for the next one.
 * Straight back, not through the job's ``Retry`` interval: RQ's own cleanup
   (``StartedJobRegistry.cleanup``) would make the job ``scheduled``, and only RQ's
   scheduler moves scheduled jobs. When the dead worker's scheduler held the
@@ -52,7 +54,7 @@ from rq.utils import current_timestamp
 
 from zimg_queue.claims import ClaimingQueue, release_expired_claims
 
-from .job import record_attempt
+from .job import add_attempt, record_attempt
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +76,35 @@ def sweep_interval(lease_ttl: float) -> float:
     return min(SWEEP_S, max(0.5, lease_ttl / 3))
 
 
+def _death_note(job: Job) -> str:
+    left = job.retries_left or 0
+    fate = f"re-queued ({left - 1} retries left after this one)" if left > 0 else "no attempts left: failed"
+    return (
+        f"{WORKER_DIED}: the worker running this job died (its lease expired: killed, "
+        f"out of memory or its machine went away); {fate}"
+    )
+
+
 def record_worker_death(job: Job, exc_type: type, exc_value: BaseException, tb: Any) -> bool:
     """RQ exception handler: note an abandoned job's lost attempt in ``job.meta["attempts"]``.
 
     Other exceptions pass through untouched (the job records those itself), so this
-    is safe on a worker's handler stack as well as in :func:`sweep`.
+    is safe on a worker's handler stack.
     """
     if not (isinstance(exc_type, type) and issubclass(exc_type, AbandonedJobError)):
         return True
-    left = job.retries_left or 0
-    fate = f"re-queued ({left - 1} retries left after this one)" if left > 0 else "no attempts left: failed"
-    record_attempt(
-        job,
-        f"{WORKER_DIED}: the worker running this job died (its lease expired: killed, "
-        f"out of memory or its machine went away); {fate}",
-    )
+    record_attempt(job, _death_note(job))
     return True
 
 
 def sweep(connection: redis.Redis, queue_names: Iterable[str]) -> int:
-    """Re-queue (at the front) or fail every job whose lease has run out; returns how many were found."""
+    """Re-queue (at the front) or fail every job whose lease has run out; returns how many it moved.
+
+    Nothing is taken out of a registry before the job is somewhere else: each job is moved in one
+    transaction (:func:`_move`), so a sweep cut short (its process killed, Redis gone for a moment)
+    leaves the job where it was, for the next sweep. A Redis error on one job is logged and the sweep
+    goes on; anything else propagates.
+    """
     found = 0
     for name in queue_names:
         queue = ClaimingQueue(name, connection=connection, serializer=JSONSerializer)
@@ -103,71 +114,103 @@ def sweep(connection: redis.Redis, queue_names: Iterable[str]) -> int:
         key = StartedJobRegistry(name, connection=connection, serializer=JSONSerializer).key
         entries: list[bytes] = connection.zrangebyscore(key, 0, current_timestamp())  # type: ignore[assignment]
         for entry in entries:
-            if not connection.zrem(key, entry):  # another sweeper claimed it first
-                continue
-            found += 1
-            job_id = entry.decode().split(":")[0]
-            try:
-                abandon(queue, job_id)
-            except Exception:  # one bad job must not stop the sweep (nor kill the reaper thread)
-                log.exception("could not re-queue abandoned job %s", job_id)
+            found += _guarded(abandon, queue, key, entry.decode())
         found += enqueue_overdue(queue)
     return found
 
 
-def enqueue_overdue(queue: Queue) -> int:
-    """Queue the scheduled jobs (``Retry`` intervals) overdue by :data:`OVERDUE_S`: their scheduler is dead.
+def _guarded(move: Callable[[Queue, str, str], bool], queue: Queue, key: str, member: str) -> int:
+    try:
+        return int(move(queue, key, member))
+    except redis.RedisError:  # the job is still where it was: the next sweep tries again
+        log.warning("could not move %s out of %s; the next sweep tries again", member, key, exc_info=True)
+        return 0
 
-    Each is claimed with ``ZREM`` first, so two sweepers never queue one job twice.
-    """
+
+def enqueue_overdue(queue: Queue) -> int:
+    """Queue the scheduled jobs (``Retry`` intervals) overdue by :data:`OVERDUE_S`: their scheduler is dead."""
     registry = ScheduledJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer)
     moved = 0
     for job_id in registry.get_jobs_to_schedule(current_timestamp() - OVERDUE_S):
-        if not queue.connection.zrem(registry.key, job_id):
-            continue
-        try:
-            job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
-        except NoSuchJobError:
-            continue
-        log.warning("scheduled job %s in %s is overdue (no live scheduler): queued by the sweeper", job_id, queue.name)
-        queue._enqueue_job(job, at_front=job.should_enqueue_at_front())
-        moved += 1
+        moved += _guarded(_queue_overdue, queue, registry.key, job_id)
     return moved
 
 
-def abandon(queue: Queue, job_id: str) -> None:
-    """The worker running ``job_id`` died: put the job back at the front of ``queue``, or fail it."""
-    try:
-        job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
-    except NoSuchJobError:
-        return
-    if job.get_status(refresh=False) != JobStatus.STARTED:
-        return  # it ended just as its lease ran out
-    exc = AbandonedJobError()
-    record_worker_death(job, AbandonedJobError, exc, None)
-    if job.retries_left and job.retries_left > 0:
-        log.warning("lease expired on job %s in %s: re-queued at the front", job_id, queue.name)
-        job.retries_left -= 1
-        job.meta["progress"] = {
-            "stage": "waiting_to_run_again",
-            "percent": 0,
-            "reason": WORKER_DIED,
-            "detail": "the worker running this job died (its lease expired); it is back at the front of its queue",
-        }
-        with queue.connection.pipeline() as pipe:
+def _queue_overdue(queue: Queue, key: str, job_id: str) -> bool:
+    def move(job: Job, pipe: Any) -> None:
+        log.warning("scheduled job %s in %s is overdue (no live scheduler): queued by the sweeper", job.id, queue.name)
+        queue._enqueue_job(job, pipeline=pipe, at_front=job.should_enqueue_at_front())
+
+    return _move(queue, key, job_id, job_id, JobStatus.SCHEDULED, move)
+
+
+def abandon(queue: Queue, key: str, entry: str) -> bool:
+    """The worker running the job of started-registry ``entry`` died: put the job back at the front, or fail it."""
+
+    def move(job: Job, pipe: Any) -> None:
+        add_attempt(job, _death_note(job))
+        if job.retries_left and job.retries_left > 0:
+            log.warning("lease expired on job %s in %s: re-queued at the front", job.id, queue.name)
+            job.retries_left -= 1
+            job.meta["progress"] = {
+                "stage": "waiting_to_run_again",
+                "percent": 0,
+                "reason": WORKER_DIED,
+                "detail": "the worker running this job died (its lease expired); it is back at the front of its queue",
+            }
             queue._enqueue_job(job, pipeline=pipe, at_front=True)  # saves meta and retries_left too
-            pipe.execute()
-        return
-    log.warning("lease expired on job %s in %s: no attempts left, failed", job_id, queue.name)
-    job.meta["progress"] = {"stage": "failed", "percent": 0, "reason": WORKER_DIED}
-    # RQ's failure callback (metrics, the failure webhook) under a timer: the reaper is not the main thread.
-    job.execute_failure_callback(TimerDeathPenalty, AbandonedJobError, exc, traceback.extract_stack())
-    with queue.connection.pipeline() as pipe:
+            return
+        log.warning("lease expired on job %s in %s: no attempts left, failed", job.id, queue.name)
+        job.meta["progress"] = {"stage": "failed", "percent": 0, "reason": WORKER_DIED}
         job.set_status(JobStatus.FAILED, pipeline=pipe)
         job._handle_failure(f"{WORKER_DIED}: moved to the failed registry: {AbandonedJobError.__name__}", pipe)
-        job.save_meta()
-        pipe.execute()
-    queue.enqueue_dependents(job)
+        pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
+
+    return _move(queue, key, entry, entry.split(":")[0], JobStatus.STARTED, move)
+
+
+def _move(
+    queue: Queue, key: str, member: str, job_id: str, status: JobStatus, move: Callable[[Job, Any], None]
+) -> bool:
+    """Take ``member`` out of the sorted set ``key`` and let ``move`` put its job elsewhere, in one transaction.
+
+    ``WATCH`` on the job's hash makes it safe against everything else that may touch the job at the same time:
+    another sweeper, RQ's scheduler, the job's own worker coming back to life (its heartbeat writes the hash).
+    Whoever writes first wins; this one then reads again and finds nothing left to do.
+    """
+    called_back = False
+    with queue.connection.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(Job.key_for(job_id))
+                score = pipe.zscore(key, member)
+                if score is None or score > current_timestamp():
+                    return False  # moved by someone else, or its lease renewed meanwhile
+                try:
+                    job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
+                except NoSuchJobError:
+                    job = None
+                if job is None or job.get_status(refresh=False) != status:
+                    pipe.multi()  # gone, or it ended just as its lease ran out: only the entry is left over
+                    pipe.zrem(key, member)
+                    pipe.execute()
+                    return False
+                if status == JobStatus.STARTED and not job.retries_left and not called_back:
+                    # RQ runs the failure callback (metrics, the failure webhook) before it moves the job; so
+                    # does this, once, under a timer (the reaper is not the main thread). A sweep cut short
+                    # after it calls it again: a webhook is delivered at least once, never lost.
+                    exc = AbandonedJobError()
+                    job.execute_failure_callback(TimerDeathPenalty, AbandonedJobError, exc, traceback.extract_stack())
+                    called_back = True
+                pipe.multi()
+                move(job, pipe)
+                pipe.zrem(key, member)
+                pipe.execute()
+            except redis.WatchError:
+                continue
+            if job.get_status(refresh=False) == JobStatus.FAILED:
+                queue.enqueue_dependents(job)
+            return True
 
 
 class _Every(threading.Thread):
