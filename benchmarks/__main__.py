@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import enqueue_rate, gpu_busy, memory, overhead, redis_packing, status_depth, validation
+from . import cpu_per_job, enqueue_rate, gpu_busy, memory, overhead, redis_packing, status_depth, validation
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -34,6 +34,10 @@ SCENARIOS: dict[str, tuple[Callable[[], dict], Callable[[], dict]]] = {
     "overhead": (
         lambda: overhead.run(500, cache_hits=100),
         lambda: overhead.run(20, cache_hits=5, warmup=3),
+    ),
+    "cpu_per_job": (  # CPU time per job of each process (web, worker, inference, Redis, client) per path
+        lambda: cpu_per_job.run(400),
+        lambda: cpu_per_job.run(6, block=3, warmup=2),
     ),
     "gpu_busy": (
         lambda: gpu_busy.run(64),  # every simulator profile, max-batch and 2x max-batch workers
