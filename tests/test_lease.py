@@ -143,3 +143,63 @@ def test_a_sweep_cut_short_loses_no_job(monkeypatch, redis_conn, settings, case:
         assert status["status"] == "queued" and producer.queue().job_ids == [job_id]
         assert len(status.get("attempts") or []) == (0 if case == "retry-overdue" else 1)
     assert sweep(redis_conn, own.queue_names) == 0
+
+
+def _overdue_retry(producer: Producer, redis_conn, seconds_ago: float = 10) -> str:
+    """A job waiting for its ``Retry`` interval, due ``seconds_ago`` (as RQ's retry leaves it)."""
+    from datetime import datetime, timezone
+
+    queue = producer.queue()
+    job_id = producer.enqueue("a retry", width=64, height=64)
+    redis_conn.lrem(queue.key, 1, job_id)
+    queue.schedule_job(producer.fetch(job_id), datetime.fromtimestamp(time.time() - seconds_ago, timezone.utc))
+    return job_id
+
+
+@pytest.fixture
+def scheduler(redis_conn, settings):
+    """The workers' RQ scheduler (:class:`workers.worker.OrphanAwareScheduler`) holding its locks, in this process."""
+    from workers.worker import OrphanAwareScheduler
+
+    s = OrphanAwareScheduler(settings.queue_names, connection=redis_conn, serializer=JSONSerializer)
+    s.acquire_locks()
+    assert s.acquired_locks
+    yield s
+    s.release_locks()
+
+
+def test_the_scheduler_and_the_sweeper_never_queue_a_retry_twice(monkeypatch, producer, redis_conn, scheduler):
+    """The sweeper queues a retry its scheduler has left overdue; a scheduler that was only slow, not dead, may be
+    moving the same job at that moment. RQ's scheduler reads the due ids, then queues them without looking again:
+    a job the sweeper moved in between was queued twice (and ran twice)."""
+    from rq.registry import ScheduledJobRegistry
+
+    job_id = _overdue_retry(producer, redis_conn)
+    real = ScheduledJobRegistry.get_jobs_to_schedule
+    swept: list[int] = []
+
+    def sweeper_runs_right_after(self, *args, **kwargs):
+        ids = real(self, *args, **kwargs)
+        if ids and not swept:
+            swept.append(-1)  # the sweep's own look at the registry is not hooked
+            swept[0] = sweep(redis_conn, producer.settings.queue_names)
+        return ids
+
+    monkeypatch.setattr(ScheduledJobRegistry, "get_jobs_to_schedule", sweeper_runs_right_after)
+    scheduler.enqueue_scheduled_jobs()
+    assert swept == [1]  # the sweeper did move it, in between
+    assert producer.queue().job_ids == [job_id]
+
+
+def test_a_retry_the_scheduler_queues_wakes_the_idle_workers(producer: Producer, redis_conn, scheduler):
+    """Idle workers wait on a wake list (zimg_queue.claims); RQ's scheduler pushed retries without a token, so a
+    waiting worker found them only at its next look, up to half a second later."""
+    from zimg_queue.claims import wake_key
+
+    queue = producer.queue()
+    redis_conn.delete(wake_key(queue.name))
+    job_id = _overdue_retry(producer, redis_conn, seconds_ago=0.5)
+    redis_conn.delete(wake_key(queue.name))  # the enqueue's own token, taken by a worker long ago
+    scheduler.enqueue_scheduled_jobs()
+    assert queue.job_ids == [job_id] and producer.fetch(job_id).get_status() == JobStatus.QUEUED
+    assert redis_conn.llen(wake_key(queue.name)) >= 1

@@ -132,13 +132,20 @@ def enqueue_overdue(queue: Queue) -> int:
     registry = ScheduledJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer)
     moved = 0
     for job_id in registry.get_jobs_to_schedule(current_timestamp() - OVERDUE_S):
-        moved += _guarded(_queue_overdue, queue, registry.key, job_id)
+        moved += _guarded(lambda q, key, job: queue_scheduled(q, key, job, overdue=True), queue, registry.key, job_id)
     return moved
 
 
-def _queue_overdue(queue: Queue, key: str, job_id: str) -> bool:
+def queue_scheduled(queue: Queue, key: str, job_id: str, *, overdue: bool = False) -> bool:
+    """Move a due job from the scheduled registry ``key`` to the front or back of ``queue`` (as RQ would).
+
+    The one way a scheduled job is queued here, by the sweeper and by the workers' scheduler
+    (:class:`workers.worker.OrphanAwareScheduler`) alike, so the two never queue one job twice.
+    """
+
     def move(job: Job, pipe: Any) -> None:
-        log.warning("scheduled job %s in %s is overdue (no live scheduler): queued by the sweeper", job.id, queue.name)
+        if overdue:
+            log.warning("scheduled job %s in %s is overdue (no live scheduler): swept to its queue", job.id, queue.name)
         queue._enqueue_job(job, pipeline=pipe, at_front=job.should_enqueue_at_front())
 
     return _move(queue, key, job_id, job_id, JobStatus.SCHEDULED, move)

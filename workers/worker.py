@@ -42,7 +42,7 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.suspension import WORKERS_SUSPENDED
-from rq.utils import now
+from rq.utils import current_timestamp, now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
@@ -51,7 +51,7 @@ from zimg_queue.connection import connect
 from zimg_queue.settings import Settings
 
 from .job import STOP, context
-from .lease import Lease, Reaper, record_worker_death, sweep
+from .lease import Lease, Reaper, queue_scheduled, record_worker_death, sweep
 from .outage import AwaitInference
 from .result_writes import RESULT_WRITES
 from .storage import ImageStore
@@ -79,6 +79,25 @@ class OrphanAwareScheduler(RQScheduler):
             self.log.warning("scheduler: worker %d is gone, stopping", self.parent_pid)
             self._stop_requested = True
         super().heartbeat()
+
+    def enqueue_scheduled_jobs(self) -> None:
+        """RQ's, each due job moved by :func:`workers.lease.queue_scheduled`.
+
+        RQ's reads the due ids, then queues them all in one transaction without looking again: a job the
+        lease sweeper queued in between (it takes retries a slow scheduler has left 5 s overdue) was queued
+        twice. Moved one by one, in a transaction watched on the job, each is queued once, with the wake
+        token every push through :class:`~zimg_queue.claims.ClaimingQueue` leaves for idle workers.
+        """
+        self._status = self.Status.WORKING
+        if not self._scheduled_job_registries and self._acquired_locks:
+            self.prepare_registries()
+        for registry in self._scheduled_job_registries:
+            job_ids = registry.get_jobs_to_schedule(current_timestamp())
+            if job_ids:
+                queue = ClaimingQueue(registry.name, connection=self.connection, serializer=self.serializer)
+                for job_id in job_ids:
+                    queue_scheduled(queue, registry.key, job_id)
+        self._status = self.Status.STARTED
 
 
 @dataclass(frozen=True)
