@@ -15,8 +15,9 @@ ran, so no attempt is spent.
 Waiting: Lua cannot block, so an idle worker blocks on ``zimg:wake:<queue>`` lists instead, to which
 every push through this class adds a token in the same transaction as the job (so do the workers'
 scheduler and the lease sweeper, which push through it). A token only says "look again"; jobs pushed
-by anything else (rq-dashboard's requeue) are found by the next look, at most :data:`WAKE_POLL_S` later. Tokens left over when all
-queues are empty are deleted by the pop that found nothing, so they never pile up.
+by anything else (rq-dashboard's requeue) are found by the next look, at most :data:`WAKE_POLL_S`
+later. Tokens left over when all queues are empty are deleted by the pop that found nothing, so they
+never pile up.
 """
 
 from __future__ import annotations
