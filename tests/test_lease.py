@@ -203,3 +203,45 @@ def test_a_retry_the_scheduler_queues_wakes_the_idle_workers(producer: Producer,
     scheduler.enqueue_scheduled_jobs()
     assert queue.job_ids == [job_id] and producer.fetch(job_id).get_status() == JobStatus.QUEUED
     assert redis_conn.llen(wake_key(queue.name)) >= 1
+
+
+def test_a_worker_killed_while_it_schedules_a_retry_loses_no_job(procs, redis_conn):
+    """The worker dies after deciding to retry a failed attempt and before its failure transaction is sent.
+
+    RQ's ``Job.retry`` wrote the ``scheduled`` status at once, outside that transaction: killed in between, the job
+    said ``scheduled`` while it was in no scheduled registry, and the sweeper, seeing a job no longer ``started``
+    behind an expired lease, dropped the lease and left it there for ever (the soak stalled on one such job when
+    ten busy workers were killed in a run). A real worker process on the shipped retry settings, ended with
+    ``os._exit`` right there: as far as Redis can tell, a SIGKILL at that instant.
+    """
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    procs.inference(latency_a="0", latency_b="0", fail_rate="1")
+    producer = Producer(redis_conn, procs.settings)
+    job_id = producer.enqueue("its worker dies as it schedules a retry", width=64, height=64)
+    worker = (
+        "import os\n"
+        "from workers.worker import ZimgJob, ZimgWorker\n"
+        "from zimg_queue.connection import connect\n"
+        "from zimg_queue.settings import Settings\n"
+        "real = ZimgJob.retry\n"
+        "def dies_right_after(self, *args, **kwargs):\n"
+        "    real(self, *args, **kwargs)\n"
+        "    os._exit(9)\n"
+        "ZimgJob.retry = dies_right_after\n"
+        "s = Settings.from_env()\n"
+        "ZimgWorker(s.queue_names, connection=connect(s.redis_url)).work(burst=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", worker], env=procs.env(), cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode == 9, done.stderr.decode()[-3000:]  # it died right after the retry was decided
+    registry = StartedJobRegistry(producer.queue().name, connection=redis_conn, serializer=JSONSerializer)
+    entries = redis_conn.zrange(registry.key, 0, -1)
+    assert len(entries) == 1  # its lease: the worker died holding the job
+    redis_conn.zadd(registry.key, {entries[0]: time.time() - 1})  # ... and the lease ran out
+    assert sweep(redis_conn, procs.settings.queue_names) == 1
+    status = producer.status(job_id)
+    assert status["status"] == "queued" and producer.queue().job_ids == [job_id], status
+    assert status["attempts"][-1]["error"].startswith("WorkerDied:")
