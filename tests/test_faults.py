@@ -367,20 +367,26 @@ def test_disk_full_fails_the_job_clearly_and_leaves_no_partial_file(procs: Proce
 SOAK_JOBS = 2000
 
 
-def _kill_busy_child(conn, pool) -> int:
+def _kill_busy_child(conn, pool, killed: list[int]) -> int:
     """SIGKILL one of ``pool``'s worker processes while RQ says it is running a job; returns its pid."""
 
     def busy_child() -> int | None:
-        alive = set(_children(pool.pid))  # a worker killed earlier leaves its hash, still "busy", until it expires
+        # A worker killed earlier leaves its hash, still "busy", until it expires, and stays a child (a zombie,
+        # which takes signals) until the pool reaps it.
+        alive = set(_children(pool.pid)) - set(killed)
         for key in conn.scan_iter("rq:worker:*"):
             pid, state = conn.hmget(key, "pid", "state")
             if pid and int(pid) in alive and state == b"busy":
                 return int(pid)
         return None
 
-    pid = wait_until(busy_child, timeout=30, interval=0.01)
-    os.kill(pid, signal.SIGKILL)
-    return pid
+    while True:
+        pid = wait_until(busy_child, timeout=30, interval=0.01)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        except ProcessLookupError:  # it exited between the look and the kill (the pool replaced it): another
+            continue
 
 
 def _where_unfinished_jobs_are(conn, ids: list[str], settings: Settings, pool: Proc) -> str:
@@ -427,10 +433,19 @@ def _tail(proc: Proc, lines: int = 12, width: int = 240) -> str:
 WORKER_FIELDS = (b"pid", b"state", b"current_job", b"last_heartbeat", b"successful_job_count", b"failed_job_count")
 
 
-def test_soak_2000_jobs_4_workers_5_percent_failures_two_kills(procs: Processes, redis_conn, settings):
+#: The soak kills a busy worker each time this many more jobs are final: 19 kills in a run.
+SOAK_KILL_EVERY = SOAK_JOBS // 20
+
+
+def test_soak_2000_jobs_4_workers_5_percent_failures_19_kills(procs: Processes, redis_conn, settings):
     """Changed settings, to fit 2,000 jobs in a CI minute: retry intervals 0.1/0.2/0.4 s and a 3 s lease.
     Their shipped values are tested by test_5xx_is_retried_with_exponential_backoff_and_jitter and
-    test_a_killed_worker_job_is_back_within_the_lease_in_every_variant."""
+    test_a_killed_worker_job_is_back_within_the_lease_in_every_variant.
+
+    19 kills, not two: each lands wherever that worker happens to be. A kill between RQ's write of a retry's
+    ``scheduled`` status and the failure transaction stranded a job; two kills met it once in CI, 17 in one of
+    the first three runs here (reproduced every time by
+    tests/test_lease.py::test_a_worker_killed_while_it_schedules_a_retry_loses_no_job)."""
     t0 = time.monotonic()
     own = settings.with_(retry_intervals=(0.1, 0.2, 0.4))
     producer = Producer(redis_conn, own)
@@ -442,9 +457,9 @@ def test_soak_2000_jobs_4_workers_5_percent_failures_two_kills(procs: Processes,
         redis_conn.zcard(f"rq:{kind}:{q}") for kind in ("finished", "failed") for q in own.queue_names
     )
     killed = []
-    for at in (SOAK_JOBS // 4, SOAK_JOBS // 2):  # RQ's WorkerPool starts a new process for each one killed
+    for at in range(SOAK_KILL_EVERY, SOAK_JOBS, SOAK_KILL_EVERY):  # RQ's WorkerPool replaces each one killed
         wait_until(lambda at=at: finished_key() >= at, timeout=120, interval=0.1)
-        killed.append(_kill_busy_child(redis_conn, pool))
+        killed.append(_kill_busy_child(redis_conn, pool, killed))
     try:
         wait_until(lambda: finished_key() >= SOAK_JOBS, timeout=150, interval=0.2)
     except AssertionError:
@@ -469,4 +484,5 @@ def test_soak_2000_jobs_4_workers_5_percent_failures_two_kills(procs: Processes,
     assert not _partials(own)
     assert len(_files(own)) == counts["finished"]  # one file per finished request, no extras
     assert _started_count(redis_conn, own) == 0
-    assert retried > 0.03 * SOAK_JOBS and died >= 1 and len(set(killed)) == 2 and pool.alive()
+    assert retried > 0.03 * SOAK_JOBS and died >= 1 and pool.alive()
+    assert len(set(killed)) == len(killed) == SOAK_JOBS // SOAK_KILL_EVERY - 1
