@@ -26,6 +26,7 @@ with ``ZIMG_LOG_PROMPTS``.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import time
@@ -49,6 +50,7 @@ from rq.worker_pool import WorkerPool
 
 from zimg_queue.claims import ClaimingQueue, claims_key, wait_for_wake
 from zimg_queue.connection import connect
+from zimg_queue.processes import die_with
 from zimg_queue.settings import Settings
 
 from .job import STOP, context
@@ -197,6 +199,9 @@ class ZimgWorker(SimpleWorker):
             for q in queues
         ]
         super().__init__(json_queues, *args, **kwargs)
+        pool = multiprocessing.parent_process()
+        if pool is not None and pool.pid:  # a process of RQ's WorkerPool (`zimg worker --processes N`)
+            die_with(pool.pid)  # stops when its pool dies, however it dies, instead of running on unsupervised
         self.settings = settings
         self.lease_ttl = lease_ttl
         # A worker SIGKILLed mid-write leaves a temporary file: its replacement removes it.

@@ -74,8 +74,15 @@ def die_with_supervisor() -> None:
     nothing this process starts inherits it.
     """
     raw = os.environ.pop(SUPERVISOR_ENV, "")
-    if not raw.isdigit():
-        return
+    if raw.isdigit():
+        die_with(int(raw))
+
+
+def die_with(parent_pid: int) -> None:
+    """Be sent SIGTERM when ``parent_pid`` (this process's parent) dies, however it dies (Linux; elsewhere nothing).
+
+    The kernel's ``PR_SET_PDEATHSIG``; a fork does not inherit it, so each process asks for itself.
+    """
     try:
         import ctypes
 
@@ -84,5 +91,5 @@ def die_with_supervisor() -> None:
             return
     except (OSError, AttributeError):  # not Linux
         return
-    if os.getppid() != int(raw):  # it died before the request was made: nobody would send the signal now
+    if os.getppid() != parent_pid:  # it died before the request was made: nobody would send the signal now
         os.kill(os.getpid(), signal.SIGTERM)
