@@ -41,6 +41,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import redis
@@ -132,7 +133,7 @@ def enqueue_overdue(queue: Queue) -> int:
     registry = ScheduledJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer)
     moved = 0
     for job_id in registry.get_jobs_to_schedule(current_timestamp() - OVERDUE_S):
-        moved += _guarded(lambda q, key, job: queue_scheduled(q, key, job, overdue=True), queue, registry.key, job_id)
+        moved += _guarded(partial(queue_scheduled, overdue=True), queue, registry.key, job_id)
     return moved
 
 
@@ -173,19 +174,38 @@ def abandon(queue: Queue, key: str, entry: str) -> bool:
         job._handle_failure(f"{WORKER_DIED}: moved to the failed registry: {AbandonedJobError.__name__}", pipe)
         pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
 
-    return _move(queue, key, entry, entry.split(":")[0], JobStatus.STARTED, move)
+    called_back = False
+
+    def before(job: Job) -> None:
+        # RQ runs the failure callback (metrics, the failure webhook) before it moves a job that fails; so does
+        # this, once, under a timer (the reaper is not the main thread). A sweep cut short after it calls it
+        # again: a webhook is delivered at least once, never lost.
+        nonlocal called_back
+        if not job.retries_left and not called_back:
+            exc = AbandonedJobError()
+            job.execute_failure_callback(TimerDeathPenalty, AbandonedJobError, exc, traceback.extract_stack())
+            called_back = True
+
+    return _move(queue, key, entry, entry.split(":")[0], JobStatus.STARTED, move, before=before)
 
 
 def _move(
-    queue: Queue, key: str, member: str, job_id: str, status: JobStatus, move: Callable[[Job, Any], None]
+    queue: Queue,
+    key: str,
+    member: str,
+    job_id: str,
+    status: JobStatus,
+    move: Callable[[Job, Any], None],
+    *,
+    before: Callable[[Job], None] | None = None,
 ) -> bool:
     """Take ``member`` out of the sorted set ``key`` and let ``move`` put its job elsewhere, in one transaction.
 
     ``WATCH`` on the job's hash makes it safe against everything else that may touch the job at the same time:
     another sweeper, RQ's scheduler, the job's own worker coming back to life (its heartbeat writes the hash).
-    Whoever writes first wins; this one then reads again and finds nothing left to do.
+    Whoever writes first wins; this one then reads again and finds nothing left to do. ``before`` runs ahead of
+    the transaction (each time it is tried), for work that is not Redis writes.
     """
-    called_back = False
     with queue.connection.pipeline() as pipe:
         while True:
             try:
@@ -202,13 +222,8 @@ def _move(
                     pipe.zrem(key, member)
                     pipe.execute()
                     return False
-                if status == JobStatus.STARTED and not job.retries_left and not called_back:
-                    # RQ runs the failure callback (metrics, the failure webhook) before it moves the job; so
-                    # does this, once, under a timer (the reaper is not the main thread). A sweep cut short
-                    # after it calls it again: a webhook is delivered at least once, never lost.
-                    exc = AbandonedJobError()
-                    job.execute_failure_callback(TimerDeathPenalty, AbandonedJobError, exc, traceback.extract_stack())
-                    called_back = True
+                if before is not None:
+                    before(job)
                 pipe.multi()
                 move(job, pipe)
                 pipe.zrem(key, member)
