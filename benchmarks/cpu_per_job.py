@@ -19,21 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zimg_queue.processes import descendants_of
+
 from .common import Bench, row, session
 
 KINDS = ("direct", "producer", "http")
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (gunicorn's workers, RQ's scheduler child)."""
-    out = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return out
-    for child in children:
-        out += descendants(int(child))
-    return out
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -88,9 +78,9 @@ def run(n: int = 400, *, block: int = 50, size: int = 256, warmup: int = 20) -> 
         assert bench.redis.process is not None
         redis_pid = bench.redis.process.pid
         groups = {
-            "inference": lambda: descendants(inference.pid),
-            "worker": lambda: descendants(worker.pid),
-            "web": lambda: descendants(web.pid),
+            "inference": lambda: [inference.pid, *descendants_of(inference.pid)],
+            "worker": lambda: [worker.pid, *descendants_of(worker.pid)],  # RQ's scheduler too
+            "web": lambda: [web.pid, *descendants_of(web.pid)],  # gunicorn's workers
             "redis": lambda: [redis_pid],
             "client": lambda: [os.getpid()],
         }

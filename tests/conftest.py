@@ -237,6 +237,14 @@ def kill_up(up: subprocess.Popen) -> None:
     up.wait()
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead and not yet reaped by its parent, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def rate_window_with_room(window: float = 60, room: float = 10) -> None:
     """Wait until the rate limiter's current window (:class:`zimg_queue.web.limits.RateLimiter`) has ``room`` s left.
 

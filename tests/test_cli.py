@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import kill_up
+from tests.conftest import kill_up, running
 from zimg_queue.processes import stop_processes, wait_http
 from zimg_queue.redis_server import free_port
 
@@ -253,9 +253,9 @@ def test_the_children_of_a_killed_zimg_up_stop_too(tmp_path):
         os.kill(up.pid, signal.SIGKILL)  # the pid alone, not its group
         up.wait()
         deadline = time.monotonic() + 30
-        while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
+        while [pid for pid in children if running(pid)] and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert [pid for pid in children if _alive(pid)] == [], log.read_text()[-3000:]
+        assert [pid for pid in children if running(pid)] == [], log.read_text()[-3000:]
     finally:
         for pid in everything:
             try:
@@ -269,15 +269,6 @@ def _name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie, reaped by nobody yet, counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 @pytest.mark.parametrize("signame", ["SIGHUP", "SIGINT"])  # the window closed; Ctrl-C

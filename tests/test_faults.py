@@ -27,6 +27,7 @@ from rq.serializers import JSONSerializer
 from tests.conftest import in_process_worker
 from workers.outage import outage_key
 from zimg_queue.connection import connect
+from zimg_queue.processes import children_of
 from zimg_queue.queue import Producer
 from zimg_queue.redis_server import EmbeddedRedis, free_port
 from zimg_queue.settings import Settings
@@ -100,11 +101,6 @@ def _s(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.1f} s"
 
 
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(c) for c in path.read_text().split()] if path.exists() else []
-
-
 def _scheduler_lock_pid(conn, queue: str) -> int | None:
     """The pid of the scheduler process holding RQ's scheduler lock for ``queue``."""
     name = conn.get(f"rq:scheduler-lock:{queue}")
@@ -133,13 +129,13 @@ def test_a_killed_worker_job_is_back_within_the_lease_in_every_variant(procs: Pr
     for v in KILL_VARIANTS:
         assert v.producer and v.victim
         wait_until(lambda v=v: _in_flight(v.producer, v.job_id), timeout=60)
-        assert _scheduler_lock_pid(redis_conn, v.producer.settings.queue_names[0]) in _children(v.victim.pid)
+        assert _scheduler_lock_pid(redis_conn, v.producer.settings.queue_names[0]) in children_of(v.victim.pid)
         if v.other_worker:
             procs.worker(zimg_queue_prefix=v.producer.settings.queue_prefix)
             wait_until(lambda v=v: len(Worker.all(queue=v.producer.queue())) == 2, timeout=60)
     for v in KILL_VARIANTS:  # kill them all within a few milliseconds
         assert v.victim
-        pids = [v.victim.pid] + (_children(v.victim.pid) if v.with_scheduler else [])
+        pids = [v.victim.pid] + (children_of(v.victim.pid) if v.with_scheduler else [])
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         v.killed = time.monotonic()
@@ -373,7 +369,7 @@ def _kill_busy_child(conn, pool, killed: list[int]) -> int:
     def busy_child() -> int | None:
         # A worker killed earlier leaves its hash, still "busy", until it expires, and stays a child (a zombie,
         # which takes signals) until the pool reaps it.
-        alive = set(_children(pool.pid)) - set(killed)
+        alive = set(children_of(pool.pid)) - set(killed)
         for key in conn.scan_iter("rq:worker:*"):
             pid, state = conn.hmget(key, "pid", "state")
             if pid and int(pid) in alive and state == b"busy":
@@ -419,7 +415,7 @@ def _where_unfinished_jobs_are(conn, ids: list[str], settings: Settings, pool: P
     return "\n".join(
         [line for _, line in lines[:20]]
         + [
-            f"now {time.time():.1f}; pool children alive: {_children(pool.pid)}",
+            f"now {time.time():.1f}; pool children alive: {children_of(pool.pid)}",
             f"workers: {workers}",
             f"breaker: {breaker}; suspended: {conn.exists('rq:suspended')}",
         ]

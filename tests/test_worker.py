@@ -244,16 +244,6 @@ def test_a_warm_shutdown_during_the_result_transaction_still_finishes_the_job(pr
     assert status["attempts"] == []
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie, dead and waiting for its parent to reap it, is not)."""
-    from pathlib import Path
-
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def test_a_worker_pools_processes_stop_when_the_pool_is_killed(procs, redis_conn):
     """``zimg worker --processes N`` killed outright (``kill -9``, the OOM killer): its N worker processes stop too.
 
@@ -264,7 +254,7 @@ def test_a_worker_pools_processes_stop_when_the_pool_is_killed(procs, redis_conn
     import os
     import signal
 
-    from tests.conftest import wait_until
+    from tests.conftest import running, wait_until
     from zimg_queue.processes import children_of
 
     pool = procs.worker(processes=2)
@@ -272,7 +262,7 @@ def test_a_worker_pools_processes_stop_when_the_pool_is_killed(procs, redis_conn
     wait_until(lambda: redis_conn.scard("rq:workers") >= 2, timeout=60)
     pool.kill()
     try:
-        wait_until(lambda: not any(_running(pid) for pid in workers), timeout=30)
+        wait_until(lambda: not any(running(pid) for pid in workers), timeout=30)
     finally:
         for pid in workers:  # before the change they outlived the test
             try:
