@@ -209,8 +209,8 @@ def _read_response(sock: socket.socket) -> bytes:
 
 
 def test_stalled_requests_on_kept_alive_connections_do_not_starve_healthz(web):
-    """Changes ZIMG_WEB_KEEPALIVE to 5 (off as shipped, see the twin above): each connection's second request stalls."""
-    proc = web(ZIMG_WEB_KEEPALIVE="5")
+    """Shipped settings (keep-alive on): each connection's second request stalls; probes still answer."""
+    proc = web()
     host, port = proc.url.removeprefix("http://").split(":")
     stalled = []
     try:
@@ -225,3 +225,23 @@ def test_stalled_requests_on_kept_alive_connections_do_not_starve_healthz(web):
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_a_kept_alive_connection_serves_its_request_cap_then_closes(web):
+    """Shipped settings: connections are kept alive (a client saves a TCP handshake and a trip through
+    gunicorn's accept per request) for ``ZIMG_WEB_KEEPALIVE_REQUESTS`` (100) requests; the last answer says
+    ``Connection: close`` and the server closes, so the client reconnects to whichever process accepts first."""
+    from zimg_queue.settings import Settings
+
+    cap = Settings().web_keepalive_requests
+    proc = web()
+    host, port = proc.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        heads = []
+        for _ in range(cap):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            heads.append(_read_response(sock).lower())
+        sock.settimeout(5)
+        assert sock.recv(1) == b""  # closed by the server
+    assert all(b"connection: keep-alive" in head for head in heads[:-1])
+    assert b"connection: close" in heads[-1]

@@ -84,6 +84,7 @@ class BufferingThreadWorker(gthread.ThreadWorker):
     #: Set by ``zimg_queue.web.serve`` from Settings before gunicorn forks its workers.
     body_timeout: float = 10.0
     max_body: int = 64 * 1024
+    max_conn_requests: int = 100
 
     def handle(self, conn: Any) -> Any:
         if self.cfg.is_ssl or conn.is_http2 or (conn.initialized and conn.parser.unreader.buf.getvalue()):
@@ -129,6 +130,16 @@ class BufferingThreadWorker(gthread.ThreadWorker):
         conn.data_ready = True
         del conn.__dict__["zimg"]  # the next request on a kept-alive connection gets its own deadline
         return super().handle(conn)
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        """gunicorn's, closing a kept-alive connection after ``max_conn_requests`` requests (nginx's
+        ``keepalive_requests``): its client reconnects, and the new connection goes to whichever process
+        accepts first, so persistent clients spread over the processes instead of staying where they landed."""
+        served = conn.__dict__.get("zimg_served", 0) + 1
+        conn.__dict__["zimg_served"] = served
+        if served >= self.max_conn_requests:
+            req.must_close = True
+        return bool(super().handle_request(req, conn))
 
     def finish_request(self, conn: Any, fs: Any) -> None:
         super().finish_request(conn, fs)
