@@ -131,3 +131,17 @@ def test_a_waiting_dequeue_wakes_for_a_job_pushed_while_it_waits(producer: Produ
     job_id = producer.enqueue("wake up", width=64, height=64, job_id="wake-up-1")  # unique: RQ's own script
     waiter.join(timeout=20)
     assert found and found[0][0].id == job_id
+
+
+def test_the_wait_and_the_pop_in_one_round_trip_work_on_a_redis_without_the_script(producer: Producer, redis_conn):
+    """``wait_then_pop`` sends the pop by its SHA; a Redis that never saw the script (restarted, flushed) still
+    hands over the job, and a wait that times out with nothing queued finds nothing."""
+    from zimg_queue.claims import claims_key, wait_then_pop
+
+    queues = [producer.queue(p) for p in ("high", "normal", "low")]
+    assert wait_then_pop(redis_conn, queues, 15, 0.05) is None
+    job_id = producer.enqueue("popped after a script flush", width=64, height=64)
+    redis_conn.script_flush()
+    found = wait_then_pop(redis_conn, queues, 15, 5)
+    assert found is not None and found[1] == job_id and found[0] == 1  # the "normal" queue
+    assert redis_conn.zscore(claims_key(queues[1].name), job_id) is not None

@@ -7,6 +7,8 @@ becoming visible to a waiting client, every round trip is latency the client pay
 
 from __future__ import annotations
 
+import time
+
 from tests.conftest import in_process_worker, round_trips
 from zimg_queue.queue import Producer
 
@@ -35,7 +37,7 @@ def _critical_paths(trips: list[tuple[str, ...]]) -> list[list[tuple[str, ...]]]
     """
     paths, current = [], None
     for i, trip in enumerate(trips):
-        if trip == ("EVALSHA",) and i + 1 < len(trips) and "PERSIST" in trips[i + 1]:
+        if trip[-1] == "EVALSHA" and i + 1 < len(trips) and "PERSIST" in trips[i + 1]:
             current = [trip]
             continue
         if current is not None:
@@ -176,7 +178,38 @@ def test_an_idle_worker_goes_from_the_result_straight_to_waiting(procs, redis_co
             worker.work(max_idle_time=1)  # not burst: it waits for the next job, then gives up after 1 s
     assert producer.status(job_id)["status"] == "finished"
     end = next(i for i, trip in enumerate(trips) if "XADD" in trip)
-    assert trips[end + 1] == ("BLPOP",), "\n".join(map(str, trips[end + 1 : end + 4]))
+    assert trips[end + 1] == ("BLPOP", "EVALSHA"), "\n".join(map(str, trips[end + 1 : end + 4]))
+
+
+def test_a_job_that_wakes_an_idle_worker_is_dequeued_in_the_same_round_trip(procs, redis_conn, monkeypatch):
+    """The wait for a wake token and the pop that follows it go to Redis together (Redis runs the pop the moment
+    the wait returns): an idle worker's next job starts one round trip after it was pushed, not two."""
+    import threading
+
+    from workers.worker import ZimgWorker
+
+    with in_process_worker(procs, monkeypatch):
+        producer = Producer(redis_conn, procs.settings)
+        first = producer.enqueue("round trips", width=64, height=64, seed=1)
+        ids = [first]
+
+        def push_once_idle() -> None:  # the second job arrives while the worker waits
+            deadline = time.monotonic() + 30
+            while producer.status(first)["status"] != "finished" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.3)
+            ids.append(producer.enqueue("round trips", width=64, height=64, seed=2))
+
+        pusher = threading.Thread(target=push_once_idle)
+        worker = ZimgWorker(procs.settings.queue_names, connection=redis_conn)
+        with round_trips(thread=threading.get_ident()) as trips:
+            pusher.start()
+            worker.work(max_idle_time=2)
+        pusher.join()
+    assert [producer.status(i)["status"] for i in ids] == ["finished"] * 2
+    starts = [i for i, trip in enumerate(trips) if "PERSIST" in trip]
+    assert len(starts) == 2
+    assert trips[starts[1] - 1] == ("BLPOP", "EVALSHA"), "\n".join(map(str, trips))
 
 
 def suspend_workers() -> str:

@@ -48,7 +48,7 @@ from rq.utils import current_timestamp, now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from zimg_queue.claims import ClaimingQueue, claims_key, wait_for_wake
+from zimg_queue.claims import ClaimingQueue, claims_key, empty_a_moment_ago
 from zimg_queue.connection import connect
 from zimg_queue.processes import die_with
 from zimg_queue.settings import Settings
@@ -378,9 +378,11 @@ class ZimgWorker(SimpleWorker):
         self.reaper.start()  # here, not in __init__: after the scheduler has forked, and only in a working worker
         self.await_inference()
         boundary, self._boundary = self._fresh_boundary(), None
-        if boundary is not None and not boundary.queued and timeout is not None:
-            wait_for_wake(self.connection, self.queues, timeout)
-        found = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        if boundary is not None and not boundary.queued:
+            with empty_a_moment_ago():  # the wait and the pop go in one round trip (zimg_queue.claims)
+                found = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        else:
+            found = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         self._claimed_at = time.monotonic()
         return found
 

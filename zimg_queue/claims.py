@@ -17,16 +17,23 @@ every push through this class adds a token in the same transaction as the job (s
 scheduler and the lease sweeper, which push through it). A token only says "look again"; jobs pushed
 by anything else (rq-dashboard's requeue) are found by the next look, at most :data:`WAKE_POLL_S`
 later. Tokens left over when all queues are empty are deleted by the pop that found nothing, so they
-never pile up.
+never pile up. The wait and the pop after it go to Redis together (one pipeline, not a transaction): Redis
+holds the pop until the wait returns and runs it at once, so a worker woken by a job has it in the same
+round trip (issue 14 point 8). Its claim is then timed from before the wait, at most :data:`WAKE_POLL_S`
+shorter than ``claim_ttl``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from rq import Queue
 from rq.exceptions import DequeueTimeout
 from rq.job import Job
@@ -135,8 +142,13 @@ class ClaimingQueue(Queue):
         queues = list(queues)
         job_cls = job_class or cls.job_class
         deadline = None if timeout is None else time.monotonic() + timeout
+        wait = _EMPTY_A_MOMENT_AGO.get() and timeout is not None
+        _EMPTY_A_MOMENT_AGO.set(False)  # a hint for the first look only
         while True:
-            found = pop_and_claim(connection, queues, cls.claim_ttl)
+            if wait and deadline is not None:
+                found = wait_then_pop(connection, queues, cls.claim_ttl, deadline - time.monotonic())
+            else:
+                found = pop_and_claim(connection, queues, cls.claim_ttl)
             if found is not None:
                 index, job_id, fields = found
                 job = job_cls(job_id, connection=connection, serializer=serializer)
@@ -144,30 +156,70 @@ class ClaimingQueue(Queue):
                 return job, queues[index]
             if deadline is None:
                 return None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if deadline - time.monotonic() <= 0:
                 raise DequeueTimeout(timeout, [q.key for q in queues])
-            wait_for_wake(connection, queues, remaining)
+            wait = True
 
 
-def wait_for_wake(connection: redis.Redis, queues: Sequence[Queue], seconds: float) -> None:
-    """Block until a wake token arrives for one of ``queues``, or for ``seconds`` (at most :data:`WAKE_POLL_S`)."""
-    # Never 0 (Redis would block for ever), nor a float Python writes in exponent notation.
-    connection.blpop([wake_key(q.name) for q in queues], round(max(0.01, min(WAKE_POLL_S, seconds)), 3))
+#: Set by a worker whose last result transaction saw every queue empty (:func:`empty_a_moment_ago`).
+_EMPTY_A_MOMENT_AGO: ContextVar[bool] = ContextVar("zimg_empty_a_moment_ago", default=False)
+
+
+@contextmanager
+def empty_a_moment_ago() -> Iterator[None]:
+    """Within: the next :meth:`ClaimingQueue.dequeue_any` with a timeout waits for a wake token before it looks.
+
+    For a worker that read every queue empty a moment ago: a look first would find nothing (one round
+    trip for nothing); a job pushed since left a token, so the wait returns at once.
+    """
+    token = _EMPTY_A_MOMENT_AGO.set(True)
+    try:
+        yield
+    finally:
+        _EMPTY_A_MOMENT_AGO.reset(token)
+
+
+def _wait_seconds(seconds: float) -> float:
+    """At most :data:`WAKE_POLL_S`; never 0 (Redis would block for ever), nor a float written with an exponent."""
+    return round(max(0.01, min(WAKE_POLL_S, seconds)), 3)
+
+
+def _pop_keys_args(queues: Sequence[Queue], claim_ttl: float) -> tuple[list[str], list[Any]]:
+    keys = [q.key for q in queues] + [claims_key(q.name) for q in queues] + [wake_key(q.name) for q in queues]
+    return keys, [time.time() + claim_ttl, Job.redis_job_namespace_prefix, len(queues)]
+
+
+def _found(reply: Any) -> tuple[int, str, dict[bytes, bytes]] | None:
+    if not reply:
+        return None
+    index, job_id, flat = reply
+    return int(index) - 1, as_text(job_id), dict(zip(flat[::2], flat[1::2]))
 
 
 def pop_and_claim(
     connection: redis.Redis, queues: Sequence[Queue], claim_ttl: float
 ) -> tuple[int, str, dict[bytes, bytes]] | None:
     """One look at ``queues`` in order: ``(index, job id, job hash)`` of the job popped and claimed, or None."""
-    keys = [q.key for q in queues] + [claims_key(q.name) for q in queues] + [wake_key(q.name) for q in queues]
-    script = connection.register_script(_POP_AND_CLAIM)
-    found = script(keys=keys, args=[time.time() + claim_ttl, Job.redis_job_namespace_prefix, len(queues)])
-    if not found:
-        return None
-    index, job_id, flat = found
-    fields = dict(zip(flat[::2], flat[1::2]))
-    return int(index) - 1, as_text(job_id), fields
+    keys, args = _pop_keys_args(queues, claim_ttl)
+    return _found(connection.register_script(_POP_AND_CLAIM)(keys=keys, args=args))
+
+
+def wait_then_pop(
+    connection: redis.Redis, queues: Sequence[Queue], claim_ttl: float, seconds: float
+) -> tuple[int, str, dict[bytes, bytes]] | None:
+    """Block until a wake token arrives for one of ``queues`` (or for ``seconds``, at most :data:`WAKE_POLL_S`),
+    then :func:`pop_and_claim`, in one round trip (see the module docstring)."""
+    keys, args = _pop_keys_args(queues, claim_ttl)
+    script: Script = connection.register_script(_POP_AND_CLAIM)
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.blpop([wake_key(q.name) for q in queues], _wait_seconds(seconds))
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        _, reply = pipe.execute(raise_on_error=False)
+    if isinstance(reply, NoScriptError):  # a Redis that has not seen the script yet (new, restarted, flushed)
+        return pop_and_claim(connection, queues, claim_ttl)
+    if isinstance(reply, Exception):
+        raise reply
+    return _found(reply)
 
 
 def release_expired_claims(queue: Queue, now: float | None = None) -> list[str]:
