@@ -14,9 +14,13 @@ from zimg_queue.queue import Producer
 
 
 def _run_burst(
-    procs, redis_conn, monkeypatch, jobs: int, latency_s: str = "0"
+    procs, redis_conn, monkeypatch, jobs: int, latency_s: str = "0", *, mark_calls: bool = False
 ) -> tuple[list[str], list[tuple[str, ...]]]:
-    """``jobs`` generate jobs run by an in-process ``ZimgWorker`` (burst) against a real sim server."""
+    """``jobs`` generate jobs run by an in-process ``ZimgWorker`` (burst) against a real sim server.
+
+    ``mark_calls``: a ``("CALL",)`` entry among the round trips where the worker sends an inference call.
+    """
+    from workers import job as job_module
     from workers.worker import ZimgWorker
 
     with in_process_worker(procs, monkeypatch, latency_s=latency_s):
@@ -24,6 +28,15 @@ def _run_burst(
         ids = [producer.enqueue("round trips", width=64, height=64, seed=i) for i in range(jobs)]
         worker = ZimgWorker(procs.settings.queue_names, connection=redis_conn)
         with round_trips() as trips:
+            if mark_calls:
+                send = job_module.in_background
+
+                def marked(fn, *args, **kwargs):
+                    if getattr(fn, "__name__", "") == "generate":
+                        trips.append(("CALL",))
+                    return send(fn, *args, **kwargs)
+
+                monkeypatch.setattr(job_module, "in_background", marked)
             worker.work(burst=True)
     assert [producer.status(i)["status"] for i in ids] == ["finished"] * jobs
     return ids, trips
@@ -64,6 +77,19 @@ def test_few_round_trips_between_dequeue_and_the_result(procs, redis_conn, monke
         assert len(path) == 3 + len(progress) and len(progress) <= 1, "\n".join(map(str, path))
         assert not progress or producer.status(job_id)["result"]["inference_s"] >= FIRST_PROGRESS_S
         assert "XADD" in path[-1] and "HINCRBYFLOAT" in path[-1], "metrics ride in the result's transaction"
+
+
+def test_the_inference_call_goes_out_before_the_start_transaction(procs, redis_conn, monkeypatch):
+    """Right after the dequeue the worker sends the job's inference call, then writes the start transaction
+    while the call runs: the call no longer waits for that round trip (issue 14 point 8)."""
+    ids, trips = _run_burst(procs, redis_conn, monkeypatch, jobs=3, mark_calls=True)
+    dequeues = [i for i, trip in enumerate(trips) if trip[-1] == "EVALSHA"]
+    calls = [i for i, trip in enumerate(trips) if trip == ("CALL",)]
+    starts = [i for i, trip in enumerate(trips) if "PERSIST" in trip]
+    assert len(calls) == len(starts) == len(ids), "\n".join(map(str, trips))
+    for start, call in zip(starts, calls):
+        dequeue = max(i for i in dequeues if i < start)
+        assert dequeue < call < start, "\n".join(map(str, trips[dequeue : start + 1]))
 
 
 def test_a_slow_inference_call_shows_that_the_job_waits_for_it(procs, redis_conn, monkeypatch):
@@ -302,3 +328,39 @@ def test_a_worker_pools_processes_stop_when_the_pool_is_killed(procs, redis_conn
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_an_early_call_serves_only_its_own_job_and_is_withdrawn_when_left(procs, redis_conn, monkeypatch):
+    """``call_early``'s call is taken only by the job and the request it was sent for; one left untaken (its job
+    failed before its call) is withdrawn from the server; a request the image folder answers sends nothing."""
+    from dataclasses import replace
+
+    from workers import job as job_module
+    from zimg_queue.request import GenerateRequest
+
+    with in_process_worker(procs, monkeypatch):
+        producer = Producer(redis_conn, procs.settings)
+        job, other = (producer.fetch(producer.enqueue("early", width=64, height=64, seed=i)) for i in (1, 2))
+        req = GenerateRequest.from_dict(job.args[0])
+
+        job_module.call_early(job)
+        assert job_module._take_early_call(other, GenerateRequest.from_dict(other.args[0])) is None
+        job_module.call_early(job)
+        assert job_module._take_early_call(job, replace(req, width=128)) is None  # e.g. downscaled after an OOM
+        job_module.call_early(job)
+        early = job_module._take_early_call(job, req)
+        assert early is not None and early.future.result(timeout=30).image_b64
+
+        withdrawn: list[str] = []
+        ctx = job_module.context()
+        monkeypatch.setattr(ctx.client, "cancel", withdrawn.append)
+        job_module.call_early(job)
+        job_module.drop_early_call(job)
+        deadline = time.monotonic() + 10
+        while not withdrawn and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert withdrawn == [job.id]
+
+        ctx.store.write(req.key, req.output_format, b"an image made earlier")
+        job_module.call_early(job)
+        assert job_module._early is None

@@ -27,6 +27,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from zimg_queue.options import JobOptions
+from zimg_queue.queue import JOB_FUNC
 from zimg_queue.request import GenerateRequest, ValidationError
 from zimg_queue.settings import Settings
 from zimg_queue.status import now_iso
@@ -139,6 +140,68 @@ def set_final_progress(job: Job | None, stage: str, percent: int) -> None:
     RESULT_WRITES.add(job.connection, lambda pipe: pipe.hset(job.key, "meta", meta))
 
 
+@dataclass
+class EarlyCall:
+    """An inference call the worker sent before the job function ran (:func:`call_early`)."""
+
+    job_id: str
+    key: str  # the request's key: the call is used only for exactly this request
+    future: Future
+    sent: float  # time.perf_counter() when it was sent
+
+
+#: The one early call of this process (a worker runs one job at a time), until the job takes it.
+_early: EarlyCall | None = None
+
+
+def call_early(job: Job) -> None:
+    """Send ``job``'s inference call now, before the worker's start transaction, when the call is its first step.
+
+    Why: the worker writes the start transaction (one round trip, and building it) between the dequeue
+    and the job function; sent first, the call runs on the server meanwhile instead of after it
+    (issue 14 point 8). Only when nothing comes before the call in :func:`generate`: not for a request
+    the image folder already answers, a watermark to check or an object store to look in first. Anything
+    unexpected here sends nothing: the job then runs exactly as it would have.
+    """
+    global _early
+    _early = None
+    if job.func_name != JOB_FUNC or not job.args or len(job.args) > 2 or job.kwargs:
+        return
+    try:
+        ctx = context()
+        req = GenerateRequest.from_dict(job.args[0], max_pixels=ctx.settings.max_pixels)
+        opts = JobOptions.from_dict(job.args[1] if len(job.args) > 1 else None)
+        if opts.postprocess is not None and opts.postprocess.watermark is not None:
+            return
+        if object_store_for(opts.storage or ctx.settings.storage) is not None:
+            return
+        key = req.key
+        if ctx.store.find(key, req.output_format) is not None:
+            return
+        sent = time.perf_counter()
+        future = _send(job, ctx, req)
+    except Exception:  # the job function meets the same problem and reports it properly
+        return
+    _early = EarlyCall(job.id, key, future, sent)
+
+
+def drop_early_call(job: Job) -> None:
+    """After ``job``: an early call it never took (it failed before its call) is withdrawn from the server."""
+    global _early
+    early, _early = _early, None
+    if early is not None and early.job_id == job.id:
+        early.future.cancel()
+        in_background(context().client.cancel, job.id)
+
+
+def _take_early_call(job: Job | None, req: GenerateRequest) -> EarlyCall | None:
+    global _early
+    early, _early = _early, None
+    if early is None or job is None or early.job_id != job.id or early.key != req.key:
+        return None
+    return early
+
+
 def generate(request: dict[str, Any], options: dict[str, Any] | None = None) -> dict[str, Any] | AwaitInference:
     """Make (or find) the image for ``request``, post-process and store it as ``options`` say; return where it is.
 
@@ -196,9 +259,10 @@ def _generate(job: Job | None, ctx: Context, req: GenerateRequest, started: floa
         return _result(req, str(cached), data, timings, backend=None, cache_hit=True)
 
     effective, downscaled = req, None
-    t0 = time.perf_counter()
+    early = _take_early_call(job, req)
+    t0 = early.sent if early is not None else time.perf_counter()
     try:
-        response = _call(job, ctx, effective, {})
+        response = _call(job, ctx, effective, {}, sent=early.future if early is not None else None)
     except InferenceOutOfMemory:
         smaller = downscale(req)
         if not ctx.settings.oom_downscale or smaller is None:
@@ -274,7 +338,19 @@ def _result(req: GenerateRequest, path: str, data: bytes, timings: dict, *, back
     }
 
 
-def _call(job: Job | None, ctx: Context, req: GenerateRequest, progress: dict[str, Any]) -> GenerateResponse:
+def _send(job: Job | None, ctx: Context, req: GenerateRequest) -> Future:
+    """``POST /v1/generate`` for ``req`` on a helper thread; the answer arrives in the returned future."""
+    body = req.to_dict()
+    if body["output_format"] not in UPSTREAM_FORMATS:
+        body["output_format"] = "png"  # converted with Pillow after
+    job_id = job.id if job is not None else None
+    request_id = (job.meta.get("request_id") if job is not None else None) or job_id
+    return in_background(ctx.client.generate, body, request_id=request_id, job_id=job_id)
+
+
+def _call(
+    job: Job | None, ctx: Context, req: GenerateRequest, progress: dict[str, Any], *, sent: Future | None = None
+) -> GenerateResponse:
     """POST the request; meanwhile watch for a stop request and copy step progress into the job.
 
     The HTTP call runs on a helper thread so this thread stays free to notice a
@@ -283,14 +359,12 @@ def _call(job: Job | None, ctx: Context, req: GenerateRequest, progress: dict[st
     only once the call has run :data:`FIRST_PROGRESS_S`: a client polling a GPU job
     sees it a moment later, and a call that answers sooner (a small image, a warm
     batch) is not slowed by a write racing it for the CPU and the GIL (measured with
-    ``python -m benchmarks.compare_refs``: see the README's Performance section).
+    ``python -m benchmarks.compare_refs``: see the README's Performance section). ``sent``: the call,
+    already sent (:func:`call_early`).
     """
-    body = req.to_dict()
-    if body["output_format"] not in UPSTREAM_FORMATS:
-        body["output_format"] = "png"  # converted with Pillow after
     job_id = job.id if job is not None else None
     request_id = (job.meta.get("request_id") if job is not None else None) or job_id
-    future = in_background(ctx.client.generate, body, request_id=request_id, job_id=job_id)
+    future = sent if sent is not None else _send(job, ctx, req)
     shown, last_step = False, None
     while True:
         if STOP.is_set():

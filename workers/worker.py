@@ -53,7 +53,7 @@ from zimg_queue.connection import connect
 from zimg_queue.processes import die_with
 from zimg_queue.settings import Settings
 
-from .job import STOP, context
+from .job import STOP, call_early, context, drop_early_call
 from .lease import Lease, Reaper, queue_scheduled, record_worker_death, sweep
 from .outage import AwaitInference
 from .result_writes import RESULT_WRITES
@@ -423,6 +423,7 @@ class ZimgWorker(SimpleWorker):
         self.prepare_execution(job)
         if not self._still_claimed(job):
             return
+        call_early(job)  # the inference call runs while the start transaction is written
         attempt = len(job.meta.get("attempts", [])) + 1  # this execution's number, whatever it records
         self.lease.hold(job)
         RESULT_WRITES.open()
@@ -431,6 +432,7 @@ class ZimgWorker(SimpleWorker):
         finally:
             self.lease.release()
             RESULT_WRITES.close(self.connection)
+            drop_early_call(job)
         try:  # still BUSY: a SIGTERM now is a warm shutdown after this, not an exception in here
             log_job_end(job, queue, attempt, log_prompts=self.settings.log_prompts)
         except Exception:  # a log line must never cost a job
