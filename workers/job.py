@@ -165,9 +165,9 @@ def call_early(job: Job) -> None:
     """
     global _early
     _early = None
-    if job.func_name != JOB_FUNC or not job.args or len(job.args) > 2 or job.kwargs:
-        return
     try:
+        if job.func_name != JOB_FUNC or not job.args or len(job.args) > 2 or job.kwargs:
+            return  # (reading these deserializes the job: a payload RQ cannot read raises, and RQ fails the job)
         ctx = context()
         req = GenerateRequest.from_dict(job.args[0], max_pixels=ctx.settings.max_pixels)
         opts = JobOptions.from_dict(job.args[1] if len(job.args) > 1 else None)
