@@ -229,7 +229,7 @@ def test_stalled_requests_on_kept_alive_connections_do_not_starve_healthz(web):
 
 def test_a_kept_alive_connection_serves_its_request_cap_then_closes(web):
     """Shipped settings: connections are kept alive (a client saves a TCP handshake and a trip through
-    gunicorn's accept per request) for ``ZIMG_WEB_KEEPALIVE_REQUESTS`` (100) requests; the last answer says
+    gunicorn's accept per request) for ``ZIMG_WEB_KEEPALIVE_REQUESTS`` (20) requests; the last answer says
     ``Connection: close`` and the server closes, so the client reconnects to whichever process accepts first."""
     from zimg_queue.settings import Settings
 

@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     proxy_count: int = Field(0, ge=0, description="reverse proxies in front of the web API (X-Forwarded-For)")
     web_keepalive: int = Field(5, ge=0, description="gunicorn keep-alive seconds (0: close after each request)")
     web_keepalive_requests: int = Field(
-        100, gt=0, description="requests one kept-alive connection may make before `zimg web` closes it"
+        20, gt=0, description="requests one kept-alive connection may make before `zimg web` closes it"
     )
     web_body_timeout: float = Field(
         10.0, gt=0, description="seconds a request may take to arrive whole (`zimg web`); slower ones get 408"

@@ -84,7 +84,7 @@ class BufferingThreadWorker(gthread.ThreadWorker):
     #: Set by ``zimg_queue.web.serve`` from Settings before gunicorn forks its workers.
     body_timeout: float = 10.0
     max_body: int = 64 * 1024
-    max_conn_requests: int = 100
+    max_conn_requests: int = 20
 
     def handle(self, conn: Any) -> Any:
         if self.cfg.is_ssl or conn.is_http2 or (conn.initialized and conn.parser.unreader.buf.getvalue()):

@@ -61,10 +61,10 @@ def _gunicorn(host: str, port: int, processes: int, threads: int, settings: Sett
                 "threads": threads,
                 "timeout": 120,  # > the 60 s ?wait cap
                 "graceful_timeout": 10,
-                # On (5 s), each connection closed after ZIMG_WEB_KEEPALIVE_REQUESTS (100) requests so that
-                # persistent clients spread over the processes (BufferingThreadWorker.handle_request):
-                # 8 clients, POST /v1/jobs, 1,326-1,485 req/s against 1,128-1,231 without keep-alive and
-                # 1,228-1,288 with no cap (alternating, one run: see the README's Performance section).
+                # On (5 s), each connection closed after ZIMG_WEB_KEEPALIVE_REQUESTS (20) requests so that
+                # persistent clients spread over the processes (BufferingThreadWorker.handle_request).
+                # Measured (python -m benchmarks.keepalive, 8 clients, POST /v1/jobs, 9 runs each): 1,315-1,405
+                # req/s capped at 20, 1,093-1,427 at 100, 893-1,528 uncapped, 1,136-1,216 off.
                 "keepalive": settings.web_keepalive,
                 # The access log is the app's own ``http_request`` line (zimg_queue.web.telemetry): chosen
                 # fields, never a header, so no token; gunicorn's own lines go through the same structlog setup.
