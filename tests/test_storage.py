@@ -24,6 +24,27 @@ def test_write_is_atomic_and_named_by_key(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
 
 
+def test_the_file_and_its_name_are_on_disk_before_write_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A finished job's file must survive a power cut: its data is fsynced before the rename, and the folder (which
+    holds the new name) after it; without the second, the job's result could name a file the disk never recorded."""
+    store = ImageStore(tmp_path)
+    events: list[tuple[str, bool]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode)))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("rename", False))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store.write(KEY, "png", b"data")
+    assert events == [("fsync", False), ("rename", False), ("fsync", True)]
+
+
 def test_a_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     store = ImageStore(tmp_path)
 

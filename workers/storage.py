@@ -3,8 +3,8 @@
 A file's name is the SHA-256 of the canonical request, so a retry or a re-run of
 the same request can never make a second file, and an existing file answers the
 request without any GPU time. Files are written to a temporary name in the same
-folder, fsynced, then renamed: a reader never sees a partial image, even if the
-worker is killed mid-write.
+folder, fsynced, then renamed (and the folder fsynced): a reader never sees a partial
+image, even if the worker is killed mid-write, and a written file survives a power cut.
 """
 
 from __future__ import annotations
@@ -35,7 +35,11 @@ class ImageStore:
         return path if path.is_file() else None
 
     def write(self, key: str, fmt: str, data: bytes) -> Path:
-        """Write atomically: temporary file, fsync, rename. Returns the final path."""
+        """Write atomically and durably: temporary file, fsync, rename, fsync of the folder. Returns the final path.
+
+        The folder's fsync makes the new name durable: without it a power cut could keep the job's result (Redis
+        syncs every second) but lose the rename (ext4 commits it with its next journal commit, up to 5 s later).
+        """
         path = self.path_for(key, fmt)
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.{_HOST}.{os.getpid()}.", suffix=".part", dir=self.root)
@@ -49,6 +53,11 @@ class ImageStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        folder = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
         return path
 
     def remove_orphans(self) -> list[Path]:
