@@ -230,7 +230,7 @@ def test_a_job_that_wakes_an_idle_worker_is_dequeued_in_the_same_round_trip(proc
         worker = ZimgWorker(procs.settings.queue_names, connection=redis_conn)
         with round_trips(thread=threading.get_ident()) as trips:
             pusher.start()
-            worker.work(max_idle_time=2)
+            worker.work(max_idle_time=4)  # one wait: no plain pop can come before the pushed job
         pusher.join()
     assert [producer.status(i)["status"] for i in ids] == ["finished"] * 2
     starts = [i for i, trip in enumerate(trips) if "PERSIST" in trip]
