@@ -9,6 +9,7 @@ image, even if the worker is killed mid-write, and a written file survives a pow
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -53,11 +54,7 @@ class ImageStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        folder = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        _sync_folder(self.root)
         return path
 
     def remove_orphans(self) -> list[Path]:
@@ -78,6 +75,18 @@ class ImageStore:
         """True when ``path`` is a file directly inside this store (used before serving a file)."""
         p = Path(path).resolve()
         return p.parent == self.root and p.is_file()
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so the names in it are on disk; a filesystem that cannot sync a folder is left as it is."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
