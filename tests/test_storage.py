@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -43,6 +44,25 @@ def test_the_file_and_its_name_are_on_disk_before_write_returns(tmp_path: Path, 
     monkeypatch.setattr(os, "replace", replace)
     store.write(KEY, "png", b"data")
     assert events == [("fsync", False), ("rename", False), ("fsync", True)]
+
+
+@pytest.mark.parametrize(("code", "fails"), [(errno.EINVAL, False), (errno.EIO, True)])
+def test_a_folder_the_filesystem_cannot_sync_still_takes_images(tmp_path: Path, monkeypatch, code: int, fails: bool):
+    """Some filesystems refuse to fsync a folder (EINVAL): the image is still written; a real I/O error is raised."""
+    store = ImageStore(tmp_path)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(code, os.strerror(code))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    if fails:
+        with pytest.raises(OSError):
+            store.write(KEY, "png", b"data")
+    else:
+        assert store.write(KEY, "png", b"data").read_bytes() == b"data"
 
 
 def test_a_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
