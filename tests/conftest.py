@@ -213,9 +213,13 @@ def procs(settings: Settings, tmp_path: Path) -> Iterator[Processes]:
 
 @pytest.fixture
 def stack(procs: Processes) -> Processes:
-    """An inference server (sim, no latency) and one worker, running."""
+    """An inference server (sim, no latency) and one worker, running: registered in Redis, so ``zimg web``'s
+    ``/healthz`` counts it (a test that asserted 200 there right after starting ``zimg web`` met a worker still
+    starting up on a loaded CI box)."""
     procs.inference(latency_a="0", latency_b="0")
-    procs.worker()
+    worker = procs.worker()
+    conn = redis.Redis.from_url(procs.settings.redis_url)
+    wait_until(lambda: conn.scard("rq:workers") > 0 or not worker.alive(), timeout=60)
     return procs
 
 
