@@ -56,6 +56,23 @@ def test_with_no_attempts_left_the_job_fails_saying_the_worker_died(redis_conn, 
     assert "no attempts left" in status["error"]
 
 
+def test_a_job_that_fails_for_a_dead_worker_releases_the_jobs_that_wait_for_it(redis_conn, settings):
+    """As RQ does for any failed job: a dependent that allows its dependency to fail is queued (same changed
+    setting as the test above: no attempts left)."""
+    from rq import Queue
+    from rq.job import Dependency
+
+    producer = Producer(redis_conn, settings.with_(max_retries=0))
+    victim = producer.enqueue("its worker died", width=64, height=64)
+    queue = Queue(producer.queue().name, connection=redis_conn, serializer=JSONSerializer)
+    after = queue.enqueue("builtins.print", "after", depends_on=Dependency(jobs=[victim], allow_failure=True))
+    assert after.get_status() == JobStatus.DEFERRED
+    _start_and_abandon(producer, redis_conn, victim)
+    assert sweep(redis_conn, settings.queue_names) == 1
+    assert producer.fetch(victim).get_status() == JobStatus.FAILED
+    assert after.get_status(refresh=True) == JobStatus.QUEUED and after.id in queue.job_ids
+
+
 def test_a_started_job_whose_worker_went_silent_says_so(producer: Producer, redis_conn):
     job_id = producer.enqueue("running", width=64, height=64)
     job = producer.fetch(job_id)

@@ -149,7 +149,7 @@ def queue_scheduled(queue: Queue, key: str, job_id: str, *, overdue: bool = Fals
             log.warning("scheduled job %s in %s is overdue (no live scheduler): swept to its queue", job.id, queue.name)
         queue._enqueue_job(job, pipeline=pipe, at_front=job.should_enqueue_at_front())
 
-    return _move(queue, key, job_id, job_id, JobStatus.SCHEDULED, move)
+    return _move(queue, key, job_id, job_id, JobStatus.SCHEDULED, move) is not None
 
 
 def abandon(queue: Queue, key: str, entry: str) -> bool:
@@ -186,7 +186,10 @@ def abandon(queue: Queue, key: str, entry: str) -> bool:
             job.execute_failure_callback(TimerDeathPenalty, AbandonedJobError, exc, traceback.extract_stack())
             called_back = True
 
-    return _move(queue, key, entry, entry.split(":")[0], JobStatus.STARTED, move, before=before)
+    moved = _move(queue, key, entry, entry.split(":")[0], JobStatus.STARTED, move, before=before)
+    if moved is not None and moved.get_status(refresh=False) == JobStatus.FAILED:
+        queue.enqueue_dependents(moved)  # as RQ does once a job has failed
+    return moved is not None
 
 
 def _move(
@@ -198,8 +201,9 @@ def _move(
     move: Callable[[Job, Any], None],
     *,
     before: Callable[[Job], None] | None = None,
-) -> bool:
-    """Take ``member`` out of the sorted set ``key`` and let ``move`` put its job elsewhere, in one transaction.
+) -> Job | None:
+    """Take ``member`` out of the sorted set ``key`` and let ``move`` put its job elsewhere, in one transaction;
+    returns the job it moved (``None``: nothing to move).
 
     ``WATCH`` on the job's hash makes it safe against everything else that may touch the job at the same time:
     another sweeper, RQ's scheduler, the job's own worker coming back to life (its heartbeat writes the hash).
@@ -212,7 +216,7 @@ def _move(
                 pipe.watch(Job.key_for(job_id))
                 score = pipe.zscore(key, member)
                 if score is None or score > current_timestamp():
-                    return False  # moved by someone else, or its lease renewed meanwhile
+                    return None  # moved by someone else, or its lease renewed meanwhile
                 try:
                     job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
                 except NoSuchJobError:
@@ -221,7 +225,7 @@ def _move(
                     pipe.multi()  # gone, or it ended just as its lease ran out: only the entry is left over
                     pipe.zrem(key, member)
                     pipe.execute()
-                    return False
+                    return None
                 if before is not None:
                     before(job)
                 pipe.multi()
@@ -230,9 +234,7 @@ def _move(
                 pipe.execute()
             except redis.WatchError:
                 continue
-            if job.get_status(refresh=False) == JobStatus.FAILED:
-                queue.enqueue_dependents(job)
-            return True
+            return job
 
 
 class _Every(threading.Thread):
