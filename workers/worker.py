@@ -31,6 +31,7 @@ import os
 import signal
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -378,10 +379,9 @@ class ZimgWorker(SimpleWorker):
         self.reaper.start()  # here, not in __init__: after the scheduler has forked, and only in a working worker
         self.await_inference()
         boundary, self._boundary = self._fresh_boundary(), None
-        if boundary is not None and not boundary.queued:
-            with empty_a_moment_ago():  # the wait and the pop go in one round trip (zimg_queue.claims)
-                found = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-        else:
+        # Every queue empty a moment ago: the wait and the pop go in one round trip (zimg_queue.claims).
+        hint = empty_a_moment_ago() if boundary is not None and not boundary.queued else nullcontext()
+        with hint:
             found = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         self._claimed_at = time.monotonic()
         return found
