@@ -145,7 +145,7 @@ class EarlyCall:
     """An inference call the worker sent before the job function ran (:func:`call_early`)."""
 
     job_id: str
-    key: str  # the request's key: the call is used only for exactly this request
+    request: GenerateRequest  # the call is used only for exactly this request
     future: Future
     sent: float  # time.perf_counter() when it was sent
 
@@ -175,14 +175,13 @@ def call_early(job: Job) -> None:
             return
         if object_store_for(opts.storage or ctx.settings.storage) is not None:
             return
-        key = req.key
-        if ctx.store.find(key, req.output_format) is not None:
+        if ctx.store.find(req.key, req.output_format) is not None:
             return
         sent = time.perf_counter()
         future = _send(job, ctx, req)
     except Exception:  # the job function meets the same problem and reports it properly
         return
-    _early = EarlyCall(job.id, key, future, sent)
+    _early = EarlyCall(job.id, req, future, sent)
 
 
 def drop_early_call(job: Job) -> None:
@@ -197,7 +196,7 @@ def drop_early_call(job: Job) -> None:
 def _take_early_call(job: Job | None, req: GenerateRequest) -> EarlyCall | None:
     global _early
     early, _early = _early, None
-    if early is None or job is None or early.job_id != job.id or early.key != req.key:
+    if early is None or job is None or early.job_id != job.id or early.request != req:
         return None
     return early
 
@@ -215,6 +214,7 @@ def generate(request: dict[str, Any], options: dict[str, Any] | None = None) -> 
     req = GenerateRequest.from_dict(request, max_pixels=ctx.settings.max_pixels)
     try:
         opts = JobOptions.from_dict(options)
+        # What comes before the inference call here, call_early checks too (it sends the call only without it).
         if opts.postprocess is not None and opts.postprocess.watermark is not None:
             from .postprocess import load_watermark
 
