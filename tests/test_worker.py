@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import in_process_worker, round_trips
+from tests.conftest import in_process_worker, round_trips, wait_until
 from zimg_queue.queue import Producer
 
 
@@ -220,9 +220,7 @@ def test_a_job_that_wakes_an_idle_worker_is_dequeued_in_the_same_round_trip(proc
         ids = [first]
 
         def push_once_idle() -> None:  # the second job arrives while the worker waits
-            deadline = time.monotonic() + 30
-            while producer.status(first)["status"] != "finished" and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_until(lambda: producer.status(first)["status"] == "finished", timeout=30, interval=0.02)
             time.sleep(0.3)
             ids.append(producer.enqueue("round trips", width=64, height=64, seed=2))
 
@@ -313,7 +311,7 @@ def test_a_worker_pools_processes_stop_when_the_pool_is_killed(procs, redis_conn
     import os
     import signal
 
-    from tests.conftest import running, wait_until
+    from tests.conftest import running
     from zimg_queue.processes import children_of
 
     pool = procs.worker(processes=2)
@@ -356,9 +354,7 @@ def test_an_early_call_serves_only_its_own_job_and_is_withdrawn_when_left(procs,
         monkeypatch.setattr(ctx.client, "cancel", withdrawn.append)
         job_module.call_early(job)
         job_module.drop_early_call(job)
-        deadline = time.monotonic() + 10
-        while not withdrawn and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: withdrawn, timeout=10, interval=0.01)
         assert withdrawn == [job.id]
 
         ctx.store.write(req.key, req.output_format, b"an image made earlier")
